@@ -1,0 +1,261 @@
+"""The journey map: ordered stages, what moves a customer into each, and rules.
+
+A map is loaded from YAML into frozen dataclasses and validated while the YAML
+node tree still knows its line numbers, so every problem is reported as
+``FILE:LINE: problem``. The shape (see ``models/default_map.yaml``)::
+
+    name: default
+    channels: [web, mobile_app, ...]
+    stages:                       # in journey order
+      - name: awareness
+        enter_on: [page_view, ...]  # event types that move a customer here
+        stall_after: 14d            # optional: used by stall detection
+      - name: defected
+        exit: true                  # reachable from any stage
+        enter_on: [unsubscribe]
+    moves:                        # explicit moves outside the forward order
+      - on: [purchase]
+        from: [purchase, service]
+        to: loyalty
+    events: [coupon_redeemed]     # known types that move nobody on their own
+
+Nothing here touches Kafka, Redis or Faust.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from models.errors import MapError
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_DURATION_RE = re.compile(r"^(\d+)(s|m|h|d)$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DEFAULT_MAP_NAME = "default_map.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One stage of the journey."""
+
+    name: str
+    index: int
+    enter_on: tuple[str, ...] = ()
+    exit: bool = False
+    stall_after_s: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """An explicit move: an event of one of ``on`` in a stage of ``from_`` goes to ``to``."""
+
+    on: frozenset[str]
+    from_: frozenset[str]
+    to: str
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyMap:
+    """A validated journey map; build it with :func:`parse_map` or :func:`load_map`."""
+
+    name: str
+    stages: tuple[Stage, ...]
+    channels: frozenset[str]
+    moves: tuple[Move, ...] = ()
+    extra_events: frozenset[str] = frozenset()
+    # Derived lookups, computed once: the reducer reads them per event.
+    stage_by_name: Mapping[str, Stage] = field(init=False, repr=False, compare=False)
+    entry_stage: Mapping[str, Stage] = field(init=False, repr=False, compare=False)
+    event_types: frozenset[str] = field(init=False, repr=False, compare=False)
+    first_stage: Stage = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_name = {s.name: s for s in self.stages}
+        entry = {t: s for s in self.stages for t in s.enter_on}
+        types = set(entry) | set(self.extra_events)
+        for m in self.moves:
+            types |= m.on
+        object.__setattr__(self, "stage_by_name", by_name)
+        object.__setattr__(self, "entry_stage", entry)
+        object.__setattr__(self, "event_types", frozenset(types))
+        object.__setattr__(self, "first_stage", next(s for s in self.stages if not s.exit))
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.stages)
+
+
+def parse_duration(text: str) -> int | None:
+    """``"90s"``, ``"15m"``, ``"1h"``, ``"14d"`` to seconds; None if malformed or zero."""
+    m = _DURATION_RE.match(text)
+    if not m or int(m.group(1)) == 0:
+        return None
+    return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+class _Reader:
+    """Walks the composed YAML node tree, raising MapError with line numbers."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, node: Node | None, problem: str) -> MapError:
+        line = node.start_mark.line + 1 if node is not None else None
+        return MapError(self.source, line, problem)
+
+    def mapping(self, node: Node, what: str, allowed: Iterable[str]) -> dict[str, tuple[Node, Node]]:
+        if not isinstance(node, MappingNode):
+            raise self.fail(node, f"{what} must be a mapping")
+        allowed_set = set(allowed)
+        out: dict[str, tuple[Node, Node]] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, ScalarNode) else None
+            if key not in allowed_set:
+                raise self.fail(
+                    key_node,
+                    f"unknown key {key!r} in {what} (expected one of: {', '.join(sorted(allowed_set))})",
+                )
+            if key in out:
+                raise self.fail(key_node, f"duplicate key {key!r} in {what}")
+            out[key] = (key_node, value_node)
+        return out
+
+    def sequence(self, node: Node, what: str) -> list[Node]:
+        if not isinstance(node, SequenceNode):
+            raise self.fail(node, f"{what} must be a list")
+        return list(node.value)
+
+    def name(self, node: Node, what: str) -> str:
+        if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:str":
+            raise self.fail(node, f"{what} must be a string")
+        if not NAME_RE.match(node.value):
+            raise self.fail(
+                node,
+                f"{what} {node.value!r} must be lower-case letters, digits and '_', "
+                "starting with a letter (at most 64 characters)",
+            )
+        return str(node.value)
+
+    def names(self, node: Node, what: str) -> list[tuple[str, Node]]:
+        return [(self.name(n, what), n) for n in self.sequence(node, f"{what} list")]
+
+    def boolean(self, node: Node, what: str) -> bool:
+        if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:bool":
+            raise self.fail(node, f"{what} must be true or false")
+        return bool(yaml.safe_load(node.value))
+
+
+def parse_map(text: str, source: str = "<map>") -> JourneyMap:
+    """Parse and validate a journey map from YAML text."""
+    r = _Reader(source)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise MapError(source, line, f"not valid YAML: {problem}") from exc
+    if root is None:
+        raise MapError(source, None, "the map is empty")
+    top = r.mapping(root, "the map", ("name", "channels", "stages", "moves", "events"))
+    for required in ("name", "channels", "stages"):
+        if required not in top:
+            raise r.fail(root, f"the map needs a {required!r} key")
+
+    name = r.name(top["name"][1], "map name")
+
+    channels: set[str] = set()
+    for ch, node in r.names(top["channels"][1], "channel"):
+        if ch in channels:
+            raise r.fail(node, f"channel {ch!r} is listed twice")
+        channels.add(ch)
+    if not channels:
+        raise r.fail(top["channels"][1], "at least one channel is needed")
+
+    stages: list[Stage] = []
+    entered_by: dict[str, str] = {}
+    stage_nodes = r.sequence(top["stages"][1], "stages")
+    if not stage_nodes:
+        raise r.fail(top["stages"][1], "at least one stage is needed")
+    for index, snode in enumerate(stage_nodes):
+        fields = r.mapping(snode, "a stage", ("name", "enter_on", "exit", "stall_after"))
+        if "name" not in fields:
+            raise r.fail(snode, "a stage needs a 'name'")
+        sname = r.name(fields["name"][1], "stage name")
+        if any(s.name == sname for s in stages):
+            raise r.fail(fields["name"][1], f"stage {sname!r} is defined twice")
+        enter_on: list[str] = []
+        if "enter_on" in fields:
+            for etype, enode in r.names(fields["enter_on"][1], "event type"):
+                if etype in entered_by:
+                    raise r.fail(
+                        enode,
+                        f"event type {etype!r} already moves customers to {entered_by[etype]!r}; "
+                        "an event type enters one stage at most (use 'moves' for the exceptions)",
+                    )
+                entered_by[etype] = sname
+                enter_on.append(etype)
+        is_exit = r.boolean(fields["exit"][1], "exit") if "exit" in fields else False
+        stall: int | None = None
+        if "stall_after" in fields:
+            vnode = fields["stall_after"][1]
+            stall = parse_duration(str(vnode.value)) if isinstance(vnode, ScalarNode) else None
+            if stall is None:
+                raise r.fail(vnode, "stall_after must be a positive duration like 90s, 15m, 1h or 14d")
+        stages.append(Stage(sname, index, tuple(enter_on), is_exit, stall))
+    if all(s.exit for s in stages):
+        raise r.fail(top["stages"][1], "at least one stage must not be an exit stage")
+    known_stages = {s.name for s in stages}
+
+    moves: list[Move] = []
+    if "moves" in top:
+        for mnode in r.sequence(top["moves"][1], "moves"):
+            fields = r.mapping(mnode, "a move", ("on", "from", "to"))
+            for required in ("on", "from", "to"):
+                if required not in fields:
+                    raise r.fail(mnode, f"a move needs {required!r}")
+            on = [t for t, _ in r.names(fields["on"][1], "event type")]
+            from_: list[str] = []
+            for st, st_node in r.names(fields["from"][1], "stage"):
+                if st not in known_stages:
+                    raise r.fail(st_node, f"move from unknown stage {st!r}")
+                from_.append(st)
+            to_node = fields["to"][1]
+            to = r.name(to_node, "stage")
+            if to not in known_stages:
+                raise r.fail(to_node, f"move to unknown stage {to!r}")
+            if not on or not from_:
+                raise r.fail(mnode, "a move needs at least one event type in 'on' and one stage in 'from'")
+            moves.append(Move(frozenset(on), frozenset(from_), to))
+
+    extra: set[str] = set()
+    if "events" in top:
+        extra = {t for t, _ in r.names(top["events"][1], "event type")}
+
+    return JourneyMap(
+        name=name,
+        stages=tuple(stages),
+        channels=frozenset(channels),
+        moves=tuple(moves),
+        extra_events=frozenset(extra),
+    )
+
+
+def load_map(path: str | Path | None = None) -> JourneyMap:
+    """Load a map file; ``None`` loads the default map shipped with the package."""
+    if path is None:
+        text = resources.files("models").joinpath(DEFAULT_MAP_NAME).read_text(encoding="utf-8")
+        return parse_map(text, f"models/{DEFAULT_MAP_NAME}")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MapError(str(p), None, f"cannot read the map: {exc.strerror or exc}") from exc
+    return parse_map(text, str(p))

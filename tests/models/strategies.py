@@ -1,0 +1,33 @@
+"""Hypothesis strategies for touchpoints on the default map."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from models import Touchpoint, load_map
+
+MAP = load_map()
+TYPES = sorted(MAP.event_types)
+CHANNELS = sorted(MAP.channels)
+T0 = 1_790_000_000_000
+
+
+@st.composite
+def touchpoints(draw: st.DrawFn, customers: int = 4, max_events: int = 60) -> list[Touchpoint]:
+    """A stream of events for a few customers; ids repeat, so duplicates occur."""
+    n = draw(st.integers(min_value=0, max_value=max_events))
+    out = []
+    for _ in range(n):
+        cid = f"c{draw(st.integers(0, customers - 1))}"
+        eid = f"e{draw(st.integers(0, max_events))}"
+        out.append(
+            Touchpoint(
+                event_id=eid,
+                customer_id=cid,
+                type=draw(st.sampled_from(TYPES)),
+                channel=draw(st.sampled_from(CHANNELS)),
+                # Mostly increasing, sometimes late: out-of-order delivery.
+                ts=T0 + draw(st.integers(-3_600_000, 30 * 86_400_000)),
+            )
+        )
+    return out

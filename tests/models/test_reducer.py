@@ -1,0 +1,173 @@
+"""The reducer: worked journeys, then the invariants we claim, by hypothesis."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models import (
+    CustomerState,
+    Touchpoint,
+    apply,
+    decode_state,
+    encode_state,
+    fold,
+    fold_batch,
+    fold_customer,
+)
+from models.state import DEDUP_WINDOW
+from tests.models.strategies import MAP, T0, touchpoints
+
+HOUR = 3_600_000
+_ids = itertools.count()
+
+
+def tp(
+    etype: str, t_hours: float = 0, cid: str = "c1", channel: str = "web", eid: str | None = None
+) -> Touchpoint:
+    return Touchpoint(eid or f"e{next(_ids)}", cid, etype, channel, T0 + int(t_hours * HOUR))
+
+
+def journey(*events: Touchpoint) -> tuple[CustomerState, list[tuple[str | None, str]]]:
+    out = fold_customer(MAP, None, events)
+    assert out.state is not None
+    return out.state, [(t.from_stage, t.to_stage) for t in out.transitions]
+
+
+def test_abandoned_cart_journey() -> None:
+    state, moves = journey(tp("ad_click", 0, channel="ads"), tp("product_view", 1), tp("add_to_cart", 2))
+    assert state.stage == "cart"
+    assert state.stage_entered_at == T0 + 2 * HOUR
+    assert moves == [(None, "awareness"), ("awareness", "consideration"), ("consideration", "cart")]
+    assert state.first_touch_channel == "ads"
+    assert list(state.stages) == ["awareness", "consideration", "cart"]
+    assert state.events == 3
+
+
+def test_repeat_purchase_is_loyalty_and_complaint_brings_service() -> None:
+    state, moves = journey(tp("purchase", 0), tp("purchase", 24), tp("complaint", 48))
+    assert moves == [(None, "purchase"), ("purchase", "loyalty"), ("loyalty", "service")]
+    assert state.stage == "service"
+    assert state.stages["purchase"] == T0
+
+
+def test_backward_event_is_counted_but_moves_nothing() -> None:
+    state, moves = journey(tp("add_to_cart", 0), tp("page_view", 1), tp("search", 2))
+    assert state.stage == "cart"
+    assert moves == [(None, "cart")]
+    assert state.events == 3
+    assert state.type_counts == {"add_to_cart": 1, "page_view": 1, "search": 1}
+
+
+def test_defection_from_anywhere_and_win_back() -> None:
+    state, moves = journey(tp("product_view", 0), tp("unsubscribe", 1), tp("page_view", 2), tp("purchase", 3))
+    assert moves == [(None, "consideration"), ("consideration", "defected"), ("defected", "purchase")]
+    assert state.stage == "purchase"
+
+
+def test_loyalty_needs_a_purchase_first() -> None:
+    state, moves = journey(tp("page_view", 0), tp("referral_sent", 1), tp("review_written", 2))
+    assert state.stage == "awareness"
+    assert moves == [(None, "awareness")]
+
+
+def test_non_moving_first_event_lands_in_first_stage() -> None:
+    state, moves = journey(tp("coupon_redeemed", 0))
+    assert state.stage == "awareness" and moves == [(None, "awareness")]
+
+
+def test_late_event_never_gives_negative_stage_time() -> None:
+    out = fold_customer(MAP, None, [tp("page_view", 5), tp("product_view", 1)])
+    assert out.transitions[1].previous_stage_ms == 0
+    assert out.state is not None and out.state.last_event_at == T0 + 5 * HOUR
+
+
+def test_duplicate_changes_nothing_and_is_reported() -> None:
+    first = tp("page_view", 0, eid="same")
+    s1 = apply(MAP, None, first).state
+    step = apply(MAP, s1, tp("add_to_cart", 1, eid="same"))
+    assert step.duplicate and step.state is s1 and step.transition is None
+
+
+def test_dedup_window_is_bounded() -> None:
+    events = [tp("page_view", i) for i in range(DEDUP_WINDOW + 10)]
+    state = fold_customer(MAP, None, events).state
+    assert state is not None
+    assert len(state.recent_ids) == DEDUP_WINDOW
+    assert state.recent_ids[-1] == events[-1].event_id
+
+
+def test_transition_ids_are_deterministic() -> None:
+    ev = tp("page_view", 0, eid="fixed")
+    a = apply(MAP, None, ev).transition
+    b = apply(MAP, None, ev).transition
+    assert a is not None and b is not None
+    assert a.transition_id == b.transition_id
+    assert a.transition_id != apply(MAP, None, tp("page_view", 0, eid="other")).transition.transition_id  # type: ignore[union-attr]
+    rec = a.to_record()
+    assert rec["from"] is None and rec["to"] == "awareness" and rec["previous_stage_seconds"] is None
+
+
+# --- Properties -----------------------------------------------------------
+
+
+@given(touchpoints())
+def test_redelivery_changes_nothing(events: list[Touchpoint]) -> None:
+    """Replaying any already-applied event, any number of times, is a no-op."""
+    expected = fold(MAP, events)
+    replayed = [e for ev in events for e in (ev, ev)]  # every event delivered twice
+    assert fold(MAP, replayed) == expected
+    assert fold(MAP, events + events[: len(events) // 2]) == expected
+
+
+@given(touchpoints(), st.lists(st.integers(1, 20), min_size=1, max_size=10))
+def test_any_batching_equals_the_plain_fold(events: list[Touchpoint], sizes: list[int]) -> None:
+    """The worker's per-batch, per-customer folding ends where the plain fold does."""
+    states: dict[str, CustomerState | None] = {}
+    i = 0
+    for size in itertools.cycle(sizes):
+        if i >= len(events):
+            break
+        batch = events[i : i + size]
+        i += size
+        for cid, out in fold_batch(MAP, states, batch).items():
+            states[cid] = out.state
+    assert states == fold(MAP, events)
+
+
+@given(touchpoints())
+def test_transitions_chain_and_move_only_forward_unless_exit_or_move(events: list[Touchpoint]) -> None:
+    by_customer: dict[str, list[Touchpoint]] = {}
+    for ev in events:
+        by_customer.setdefault(ev.customer_id, []).append(ev)
+    final = fold(MAP, events)
+    for cid, evs in by_customer.items():
+        out = fold_customer(MAP, None, evs)
+        assert out.state == final[cid]
+        prev: str | None = None
+        for t in out.transitions:
+            assert t.from_stage == prev
+            if prev is not None:
+                forward = MAP.stage_by_name[t.to_stage].index > MAP.stage_by_name[prev].index
+                exit_ = MAP.stage_by_name[t.to_stage].exit
+                explicit = any(
+                    t.event_type in m.on and prev in m.from_ and t.to_stage == m.to for m in MAP.moves
+                )
+                assert forward or exit_ or explicit, t
+                assert t.previous_stage_ms is not None and t.previous_stage_ms >= 0
+            prev = t.to_stage
+        assert prev == out.state.stage
+        assert out.state.stage in out.state.stages
+        # Distinct ids applied (the window is not reached at this size).
+        assert out.state.events == len({e.event_id for e in evs}) == out.applied
+        assert out.applied + out.duplicates == len(evs)
+        assert sum(out.state.type_counts.values()) == out.state.events
+
+
+@settings(max_examples=200)
+@given(touchpoints())
+def test_state_encoding_roundtrips(events: list[Touchpoint]) -> None:
+    for state in fold(MAP, events).values():
+        assert decode_state(encode_state(state)) == state
