@@ -14,7 +14,7 @@ to the dead-letter topic with the original bytes. Parsing never raises.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -88,13 +88,14 @@ def parse_touchpoint(
     raw: bytes | None,
     jmap: JourneyMap,
     *,
-    key: bytes | None = None,
+    key: bytes | Literal[False] | None = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Touchpoint | Rejection:
     """Validate one message against the contract and the map.
 
-    ``key`` is the Kafka message key; when given it must equal the
-    ``customer_id`` (UTF-8), so that a customer's events share a partition.
+    ``key`` is the Kafka message key (None: the message had none); it must
+    equal the ``customer_id`` (UTF-8), so that a customer's events share a
+    partition. ``False`` skips the key check (for events read from files).
     """
     if raw is None:
         return Rejection("not_json", "the message has no value")
@@ -145,6 +146,6 @@ def parse_touchpoint(
     if props is not None and not isinstance(props, dict):
         return Rejection("bad_field", "properties must be an object")
 
-    if key is not None and key != customer_id.encode():
+    if key is not False and key != customer_id.encode():
         return Rejection("key_mismatch", "the message key must be the customer_id")
     return Touchpoint(event_id, customer_id, etype, channel, ts, props)

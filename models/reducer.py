@@ -83,7 +83,7 @@ def apply(jmap: JourneyMap, state: CustomerState | None, ev: Touchpoint) -> Step
 
     counts = dict(state.type_counts)
     counts[ev.type] = counts.get(ev.type, 0) + 1
-    recent = (*state.recent_ids[-(DEDUP_WINDOW - 1):], ev.event_id)
+    recent = (*state.recent_ids[-(DEDUP_WINDOW - 1) :], ev.event_id)
     transition: Transition | None = None
     stage, entered, stages = state.stage, state.stage_entered_at, state.stages
     if target is not None:

@@ -53,27 +53,24 @@ class CustomerState:
         }
 
 
-def encode_state(state: CustomerState) -> bytes:
-    """Compact, stable encoding for the table and its changelog."""
-    return orjson.dumps(
-        {
-            "c": state.customer_id,
-            "s": state.stage,
-            "se": state.stage_entered_at,
-            "st": state.stages,
-            "fc": state.first_touch_channel,
-            "fa": state.first_touch_at,
-            "le": state.last_event_at,
-            "n": state.events,
-            "tc": state.type_counts,
-            "r": state.recent_ids,
-        }
-    )
+def state_to_dict(state: CustomerState) -> dict[str, Any]:
+    """Compact, stable field names for storage (see :func:`encode_state`)."""
+    return {
+        "c": state.customer_id,
+        "s": state.stage,
+        "se": state.stage_entered_at,
+        "st": state.stages,
+        "fc": state.first_touch_channel,
+        "fa": state.first_touch_at,
+        "le": state.last_event_at,
+        "n": state.events,
+        "tc": state.type_counts,
+        "r": state.recent_ids,
+    }
 
 
-def decode_state(raw: bytes) -> CustomerState:
-    """Inverse of :func:`encode_state`."""
-    d = orjson.loads(raw)
+def state_from_dict(d: Mapping[str, Any]) -> CustomerState:
+    """Inverse of :func:`state_to_dict`; extra keys are ignored."""
     return CustomerState(
         customer_id=d["c"],
         stage=d["s"],
@@ -86,6 +83,16 @@ def decode_state(raw: bytes) -> CustomerState:
         type_counts=d["tc"],
         recent_ids=tuple(d["r"]),
     )
+
+
+def encode_state(state: CustomerState) -> bytes:
+    """Compact orjson encoding of a state."""
+    return orjson.dumps(state_to_dict(state))
+
+
+def decode_state(raw: bytes) -> CustomerState:
+    """Inverse of :func:`encode_state`."""
+    return state_from_dict(orjson.loads(raw))
 
 
 def transition_id(customer_id: str, event_id: str) -> str:

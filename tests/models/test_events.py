@@ -67,6 +67,12 @@ def test_oversize_and_key_mismatch() -> None:
     assert isinstance(out, Rejection) and out.reason == "key_mismatch"
 
 
+def test_missing_key_is_a_mismatch_unless_unchecked() -> None:
+    out = parse_touchpoint(event(), MAP, key=None)
+    assert isinstance(out, Rejection) and out.reason == "key_mismatch"
+    assert isinstance(parse_touchpoint(event(), MAP), Touchpoint)
+
+
 def test_none_value_is_rejected_not_raised() -> None:
     out = parse_touchpoint(None, MAP)
     assert isinstance(out, Rejection) and out.reason == "not_json"

@@ -1,0 +1,219 @@
+"""The touchpoints agent: Kafka in, the core applied, table and topics out.
+
+Per batch of up to ``JOURNEY_BATCH_SIZE`` events (``stream.take_events``):
+
+1. Validate each message against the contract (``models.events``) and the
+   partitioner; refused ones become dead letters with a reason.
+2. Skip records at or below the customer's stored source offset: a replay
+   after a crash or rebalance, applied already.
+3. Fold each customer's new events through the core in arrival order
+   (``models.reducer.fold_batch``): one state and its transitions per customer.
+4. Publish dead letters and transitions and wait for the broker's acks.
+5. Write each changed customer once (one changelog record per customer per
+   batch, not per event).
+
+Only after all of that does ``take_events`` ack the batch, so Faust commits
+the source offsets only for fully processed batches (it flushes the producer,
+and so the changelog, before it commits). A crash anywhere replays the batch:
+dead letters and transitions may repeat with the same ids, state does not.
+
+If a step fails (the broker gone, say) the worker exits with status 70
+without acking, and its restart replays the batch. A batch cancelled by
+shutdown is finished first, for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from faust.streams import Stream
+from faust.types import EventT
+
+from models.events import Rejection, Touchpoint, parse_touchpoint
+from models.reducer import CustomerFold, fold_batch
+from models.state import CustomerState
+from stream import app as journey
+from stream.partitioning import key_partition
+
+log = logging.getLogger(__name__)
+
+EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: the batch is not acked; the restart replays it
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A refused message and why."""
+
+    event: EventT
+    reason: str
+    detail: str
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        msg = self.event.message
+        return [
+            ("journey.dlq.reason", self.reason.encode()),
+            ("journey.dlq.detail", self.detail.encode()),
+            ("journey.dlq.source", f"{msg.topic}:{msg.partition}:{msg.offset}".encode()),
+        ]
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one batch produced; the agent publishes and stores it."""
+
+    dead: list[DeadLetter] = field(default_factory=list)
+    folds: dict[str, CustomerFold] = field(default_factory=dict)
+    last_event: dict[str, EventT] = field(default_factory=dict)
+    replayed: int = 0
+
+
+def plan_batch(events: Sequence[EventT], lookup: Callable[[bytes], Any]) -> BatchResult:
+    """Validate, de-duplicate by offset and fold one batch. No I/O but ``lookup``.
+
+    ``lookup(key)`` returns the stored table value for a customer key or None.
+    """
+    jmap = journey.journey_map
+    settings = journey.settings
+    out = BatchResult()
+    accepted: list[tuple[Touchpoint, EventT]] = []
+    stored: dict[str, tuple[int, CustomerState] | None] = {}
+    for ev in events:
+        msg = ev.message
+        parsed = parse_touchpoint(msg.value, jmap, key=msg.key, max_bytes=settings.max_event_bytes)
+        if isinstance(parsed, Rejection):
+            out.dead.append(DeadLetter(ev, parsed.reason, parsed.detail))
+            continue
+        key = parsed.customer_id.encode()  # parse_touchpoint checked it equals msg.key
+        if key_partition(key, settings.partitions) != msg.partition:
+            out.dead.append(
+                DeadLetter(ev, "wrong_partition", "produce with Kafka's default (murmur2) partitioner")
+            )
+            continue
+        cid = parsed.customer_id
+        if cid not in stored:
+            raw = lookup(key)
+            stored[cid] = journey.decode_stored(raw) if raw is not None else None
+        prior = stored[cid]
+        if prior is not None and msg.offset <= prior[0]:
+            out.replayed += 1
+            continue
+        accepted.append((parsed, ev))
+        out.last_event[cid] = ev
+    states = {cid: (s[1] if s is not None else None) for cid, s in stored.items()}
+    try:
+        out.folds = fold_batch(jmap, states, (tp for tp, _ in accepted))
+    except Exception:
+        # A bug in the core must not lose the batch: fold customer by
+        # customer and dead-letter the events of any customer that fails.
+        log.exception("the journey core raised; isolating the failing customers")
+        out.folds = _fold_isolating_failures(accepted, states, out)
+    return out
+
+
+def _fold_isolating_failures(
+    accepted: Iterable[tuple[Touchpoint, EventT]],
+    states: dict[str, CustomerState | None],
+    out: BatchResult,
+) -> dict[str, CustomerFold]:
+    runs: dict[str, list[tuple[Touchpoint, EventT]]] = {}
+    for tp, ev in accepted:
+        runs.setdefault(tp.customer_id, []).append((tp, ev))
+    folds: dict[str, CustomerFold] = {}
+    for cid, run in runs.items():
+        try:
+            folds.update(fold_batch(journey.journey_map, {cid: states.get(cid)}, (tp for tp, _ in run)))
+        except Exception as exc:
+            out.last_event.pop(cid, None)
+            for _, ev in run:
+                out.dead.append(DeadLetter(ev, "processing_error", repr(exc)[:500]))
+    return folds
+
+
+async def publish_and_store(stream: Stream, result: BatchResult) -> None:
+    """Steps 4 and 5: dead letters and transitions acked first, then state."""
+    pending: list[Awaitable[Any]] = []
+    for dl in result.dead:
+        msg = dl.event.message
+        log.warning(
+            "dead letter %s from %s[%d]@%d: %s", dl.reason, msg.topic, msg.partition, msg.offset, dl.detail
+        )
+        pending.append(
+            await journey.dlq_topic.send(key=msg.key, value=msg.value, headers=dl.headers(), force=True)
+        )
+    for cid, fold in result.folds.items():
+        key = cid.encode()
+        for t in fold.transitions:
+            pending.append(
+                await journey.transitions_topic.send(key=key, value=orjson.dumps(t.to_record()), force=True)
+            )
+    if pending:
+        await asyncio.gather(*pending)
+
+    for cid, fold in result.folds.items():
+        if fold.applied == 0 or fold.state is None:
+            continue
+        ev = result.last_event[cid]
+        # The table picks the changelog partition (and the RocksDB shard) from
+        # the current event; in a batch that must be this customer's event.
+        stream._set_current_event(ev)
+        journey.customers[ev.message.key] = journey.encode_stored(ev.message.offset, fold.state)
+
+
+def count(result: BatchResult) -> None:
+    m = journey.metrics
+    m.batches.inc()
+    m.events.labels("replayed").inc(result.replayed)
+    m.events.labels("rejected").inc(len(result.dead))
+    for dl in result.dead:
+        m.rejected.labels(dl.reason).inc()
+    for fold in result.folds.values():
+        m.events.labels("applied").inc(fold.applied)
+        m.events.labels("duplicate").inc(fold.duplicates)
+        for t in fold.transitions:
+            m.transitions.labels(t.from_stage or "none", t.to_stage).inc()
+
+
+async def process_batch(stream: Stream, events: Sequence[EventT]) -> BatchResult:
+    result = plan_batch(events, journey.customers.get)
+    await publish_and_store(stream, result)
+    count(result)
+    return result
+
+
+def _fatal(exc: BaseException) -> None:
+    log.critical("batch failed, exiting without acking it so the restart replays it: %r", exc)
+    logging.shutdown()
+    os._exit(EXIT_BATCH_FAILED)
+
+
+on_fatal: Callable[[BaseException], None] = _fatal
+
+
+async def run_to_completion(stream: Stream, events: Sequence[EventT]) -> None:
+    """Process a batch; if cancelled (shutdown) finish it first, then stop."""
+    task = asyncio.ensure_future(process_batch(stream, events))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        try:
+            await task
+        except Exception as exc:
+            on_fatal(exc)
+        raise
+    except Exception as exc:
+        on_fatal(exc)
+        raise
+
+
+@journey.app.agent(journey.touchpoints_topic, name="track")  # type: ignore[arg-type]
+async def track(stream: Stream) -> None:
+    """Fold touchpoints in batches (Faust hands a concrete Stream)."""
+    settings = journey.settings
+    async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+        await run_to_completion(stream, batch)

@@ -1,0 +1,285 @@
+"""``journey``: the one command line entry point.
+
+    journey worker                 run a tracker worker (configured by JOURNEY_* variables)
+    journey simulate               produce persona-based synthetic customers
+    journey emit [FILE]            send JSON lines (one event each) from a file or stdin
+    journey status                 live customer counts per stage, from the table's changelog
+    journey map check [FILE]       validate a journey map
+    journey settings               the effective settings and their variables
+
+Every flag has an environment fallback, shown in ``--help``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import NoReturn
+
+import click
+import orjson
+from pydantic import ValidationError
+
+from models.errors import JourneyError
+from models.journey_map import load_map
+from stream.settings import Settings
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"journey: error: {message}", err=True)
+    sys.exit(code)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or a message naming the bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            lines.append(f"{Settings.env_name(field)}: {err['msg']}")
+        _fail("bad settings:\n  " + "\n  ".join(lines), 2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Real-time customer journey tracker on Kafka."""
+
+
+@main.command()
+def worker() -> None:
+    """Run a tracker worker until stopped (Ctrl-C or SIGTERM).
+
+    Creates the tracker's topics if missing (and checks their partition
+    counts), then starts a Faust worker with the touchpoints agent and the
+    web server on JOURNEY_WEB_PORT.
+    """
+    settings = load_settings()
+    from stream.kafka_tools import ensure_topics, tracker_topics
+
+    try:
+        load_map(settings.map_path)
+        ensure_topics(settings, tracker_topics(settings))
+    except JourneyError as exc:
+        _fail(str(exc))
+
+    from faust.worker import Worker
+
+    import agents.touchpoints  # noqa: F401  (registers the agent)
+    from stream import app as journey
+
+    Worker(journey.app, loglevel=settings.log_level.lower()).execute_from_commandline()
+
+
+@main.command()
+@click.option(
+    "--customers",
+    "-n",
+    default=1000,
+    show_default=True,
+    envvar="JOURNEY_SIM_CUSTOMERS",
+    show_envvar=True,
+    type=click.IntRange(1),
+    help="Synthetic customers to generate",
+)
+@click.option(
+    "--seed",
+    default=None,
+    type=int,
+    envvar="JOURNEY_SIM_SEED",
+    show_envvar=True,
+    help="Random seed (same seed, same events); random if unset",
+)
+@click.option(
+    "--rate",
+    default=0.0,
+    show_default=True,
+    envvar="JOURNEY_SIM_RATE",
+    show_envvar=True,
+    type=click.FloatRange(0),
+    help="Events per second at most; 0 sends as fast as possible",
+)
+@click.option(
+    "--duplicates",
+    default=0.0,
+    show_default=True,
+    envvar="JOURNEY_SIM_DUPLICATES",
+    show_envvar=True,
+    type=click.FloatRange(0, 1),
+    help="Share of events delivered twice",
+)
+@click.option(
+    "--malformed",
+    default=0.0,
+    show_default=True,
+    envvar="JOURNEY_SIM_MALFORMED",
+    show_envvar=True,
+    type=click.FloatRange(0, 1),
+    help="Share of malformed messages mixed in",
+)
+@click.option(
+    "--span-days",
+    default=14.0,
+    show_default=True,
+    envvar="JOURNEY_SIM_SPAN_DAYS",
+    show_envvar=True,
+    type=click.FloatRange(0),
+    help="Journeys start up to this many days ago",
+)
+@click.option("--dry-run", is_flag=True, help="Print the events as JSON lines instead of sending them")
+def simulate(
+    customers: int,
+    seed: int | None,
+    rate: float,
+    duplicates: float,
+    malformed: float,
+    span_days: float,
+    dry_run: bool,
+) -> None:
+    """Produce synthetic customers' touchpoints to the touchpoints topic."""
+    import random
+
+    from stream.simulator import generate, produce
+
+    if seed is None:
+        seed = random.SystemRandom().randrange(1_000_000)
+    messages = generate(customers, seed, duplicates=duplicates, malformed=malformed, span_days=span_days)
+    if dry_run:
+        out = sys.stdout.buffer
+        for m in messages:
+            out.write(m.value + b"\n")
+        return
+    settings = load_settings()
+    from stream.kafka_tools import ensure_topics, producer, tracker_topics
+
+    try:
+        ensure_topics(settings, tracker_topics(settings))
+    except JourneyError as exc:
+        _fail(str(exc))
+    click.echo(
+        f"simulating {customers} customers (seed {seed}): {len(messages)} messages to "
+        f"{settings.touchpoints_topic}" + (f" at {rate:g}/s" if rate else ""),
+        err=True,
+    )
+    prod = producer(settings)
+    topic = settings.touchpoints_topic
+    try:
+        sent = produce(lambda k, v: prod.send(topic, key=k, value=v), messages, rate)
+        prod.flush()
+    finally:
+        prod.close()
+    click.echo(f"sent {sent} messages", err=True)
+
+
+@main.command()
+@click.argument("source", type=click.File("rb"), default="-")
+def emit(source: click.utils.LazyFile) -> None:
+    """Send JSON lines, one touchpoint event each, from SOURCE (default: stdin).
+
+    The message key is the line's customer_id. Lines are sent as they are:
+    the worker validates them, and dead-letters what does not fit.
+    """
+    settings = load_settings()
+    from stream.kafka_tools import producer
+
+    prod = producer(settings)
+    sent = 0
+    try:
+        for line in source:
+            line = line.strip()
+            if not line:
+                continue
+            key: bytes | None = None
+            try:
+                obj = orjson.loads(line)
+                if isinstance(obj, dict) and isinstance(obj.get("customer_id"), str):
+                    key = obj["customer_id"].encode()
+            except orjson.JSONDecodeError:
+                pass  # sent anyway: the worker dead-letters it with a reason
+            prod.send(settings.touchpoints_topic, key=key, value=line)
+            sent += 1
+        prod.flush()
+    finally:
+        prod.close()
+    click.echo(f"sent {sent} events to {settings.touchpoints_topic}", err=True)
+
+
+def stage_counts(settings: Settings) -> Counter[str]:
+    """Customers per stage, from the latest value of each key in the changelog."""
+    from stream.app import decode_stored
+    from stream.kafka_tools import read_topic
+
+    latest: dict[bytes, bytes | None] = {}
+    for rec in read_topic(settings, settings.changelog_topic):
+        if rec.key is not None:
+            latest[rec.key] = rec.value
+    return Counter(decode_stored(v)[1].stage for v in latest.values() if v is not None)
+
+
+@main.command()
+@click.option(
+    "--watch",
+    default=0.0,
+    type=click.FloatRange(0),
+    envvar="JOURNEY_STATUS_WATCH",
+    show_envvar=True,
+    help="Refresh every this many seconds (0: print once)",
+)
+def status(watch: float) -> None:
+    """Live customer counts per journey stage."""
+    settings = load_settings()
+    jmap = load_map(settings.map_path)
+    while True:
+        try:
+            counts = stage_counts(settings)
+        except JourneyError as exc:
+            _fail(str(exc))
+        total = sum(counts.values())
+        widest = max(counts.values(), default=1)
+        if watch:
+            click.clear()
+        click.echo(f"{total} customers  ({time.strftime('%H:%M:%S')}, map {jmap.name!r})")
+        for name in jmap.stage_names:
+            n = counts.get(name, 0)
+            click.echo(f"  {name:<14} {n:>8}  {'#' * round(40 * n / widest)}")
+        if not watch:
+            return
+        time.sleep(watch)
+
+
+@main.group(name="map")
+def map_group() -> None:
+    """Journey map tools."""
+
+
+@map_group.command("check")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+def map_check(path: Path | None) -> None:
+    """Validate a journey map (default: the shipped map) and summarise it."""
+    try:
+        jmap = load_map(path)
+    except JourneyError as exc:
+        _fail(str(exc))
+    click.echo(
+        f"map {jmap.name!r}: {len(jmap.stages)} stages, {len(jmap.event_types)} event types, "
+        f"{len(jmap.channels)} channels, {len(jmap.moves)} explicit moves"
+    )
+    for s in jmap.stages:
+        extra = " (exit)" if s.exit else ""
+        stall = f", stall after {s.stall_after_s}s" if s.stall_after_s else ""
+        click.echo(f"  {s.name}{extra}{stall}: {', '.join(s.enter_on) or '-'}")
+
+
+@main.command(name="settings")
+def show_settings() -> None:
+    """Print the effective settings with their environment variables."""
+    settings = load_settings()
+    for name, field in Settings.model_fields.items():
+        click.echo(f"{Settings.env_name(name):<32} {getattr(settings, name)!s:<28} {field.description}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Synchronous Kafka helpers on kafka-python, for the CLI, the simulator and tests.
+
+Never imported by the worker's agents: they must not block the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from stream.errors import StreamError, TopicMismatch
+from stream.settings import Settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication: int = 1
+    compacted: bool = False
+
+
+def tracker_topics(settings: Settings) -> list[TopicSpec]:
+    """The topics the tracker reads and writes (Faust creates its changelog itself)."""
+    n, r = settings.partitions, settings.replication_factor
+    return [
+        TopicSpec(settings.touchpoints_topic, n, r),
+        TopicSpec(settings.transitions_topic, n, r),
+        TopicSpec(settings.dlq_topic, n, r),
+    ]
+
+
+def admin(settings: Settings, timeout_s: float = 30.0) -> KafkaAdminClient:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return KafkaAdminClient(
+                bootstrap_servers=settings.bootstrap_servers,
+                client_id="journey-admin",
+                request_timeout_ms=15000,
+            )
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise StreamError(
+                    f"no Kafka broker answers at {settings.broker} "
+                    "(start one with deploy/local/stack.sh up, or set JOURNEY_BROKER)"
+                ) from exc
+            time.sleep(1.0)
+
+
+def partition_counts(client: KafkaAdminClient, names: Iterable[str]) -> dict[str, int]:
+    """Partition counts of the topics that exist, among ``names``."""
+    wanted = set(names)
+    existing = wanted & set(client.list_topics())
+    if not existing:
+        return {}
+    described = client.describe_topics(sorted(existing))
+    # kafka-python 3 names the topic "name"; 2.x called it "topic".
+    return {d.get("name") or d["topic"]: len(d["partitions"]) for d in described if d["partitions"]}
+
+
+def ensure_topics(settings: Settings, specs: list[TopicSpec], timeout_s: float = 60.0) -> None:
+    """Create missing topics, check partition counts, wait until all are listed.
+
+    A worker that subscribes before the broker lists its topic ignores it, so
+    ``journey worker`` calls this first.
+    """
+    client = admin(settings)
+    try:
+        counts = partition_counts(client, (s.name for s in specs))
+        for spec in specs:
+            have = counts.get(spec.name)
+            if have is not None and have != spec.partitions:
+                raise TopicMismatch(
+                    f"topic {spec.name!r} has {have} partitions but JOURNEY_PARTITIONS is "
+                    f"{spec.partitions}; the table is partitioned like the topic, so they must match"
+                )
+        missing = [s for s in specs if s.name not in counts]
+        if missing:
+            new = [
+                NewTopic(
+                    s.name,
+                    s.partitions,
+                    s.replication,
+                    topic_configs={"cleanup.policy": "compact"} if s.compacted else {},
+                )
+                for s in missing
+            ]
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
+                client.create_topics(new)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            counts = partition_counts(client, (s.name for s in specs))
+            if all(counts.get(s.name) == s.partitions for s in specs):
+                return
+            if time.monotonic() > deadline:
+                raise StreamError(f"topics not ready after {timeout_s:.0f} s: {sorted(counts)}")
+            time.sleep(0.5)
+    finally:
+        client.close()
+
+
+def producer(settings: Settings, **overrides: object) -> KafkaProducer:
+    """A safe producer: acks from all replicas, one request in flight (keeps order)."""
+    config: dict[str, object] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "acks": "all",
+        "linger_ms": 20,
+        "max_in_flight_requests_per_connection": 1,
+        "retries": 5,
+        "client_id": "journey-producer",
+    }
+    config.update(overrides)
+    return KafkaProducer(**config)
+
+
+def _partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 10.0) -> set[int]:
+    """The topic's partitions; empty if it does not exist.
+
+    kafka-python loads metadata lazily: the first answer may be None even
+    for a topic that exists, so ask the topic list first, then wait.
+    """
+    if topic not in consumer.topics():
+        return set()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts or time.monotonic() > deadline:
+            return set(parts or ())
+        time.sleep(0.2)
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+
+def read_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> Iterator[Record]:
+    """Every record of ``topic`` from the beginning to the current end, no group."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        consumer_timeout_ms=1000,
+        client_id="journey-reader",
+    )
+    try:
+        parts = _partitions(consumer, topic)
+        if not parts:
+            return
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        todo = {tp for tp in tps if ends[tp] > consumer.position(tp)}
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise StreamError(f"reading {topic} timed out with {len(todo)} partitions unread")
+            batches = consumer.poll(timeout_ms=500, max_records=5000)
+            for tp, msgs in batches.items():
+                for m in msgs:
+                    if m.offset < ends[tp]:
+                        yield Record(m.partition, m.offset, m.key, m.value, {k: v for k, v in m.headers})
+                if consumer.position(tp) >= ends[tp]:
+                    todo.discard(tp)
+    finally:
+        consumer.close()
+
+
+def group_lag(settings: Settings, group: str, topic: str) -> int | None:
+    """Messages of ``topic`` not yet committed by ``group``; None if it has not committed."""
+    client = admin(settings)
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id="journey-lag")
+    try:
+        parts = _partitions(consumer, topic)
+        tps = [TopicPartition(topic, p) for p in parts]
+        ends = consumer.end_offsets(tps)
+        try:
+            committed = client.list_consumer_group_offsets(group)
+        except KafkaError:
+            return None
+        if not any(tp in committed for tp in tps):
+            return None
+        return sum(max(0, ends[tp] - (committed[tp].offset if tp in committed else 0)) for tp in tps)
+    finally:
+        consumer.close()
+        client.close()

@@ -1,0 +1,17 @@
+"""Kafka's default partitioner, shared by the agent, the tools and the tests.
+
+Kafka's Java client, kafka-python and aiokafka all place a keyed message on
+``murmur2(key) % partitions``. Faust routes table lookups the same way, so a
+producer that partitions otherwise (librdkafka's default, for one) would split
+a customer's state; the worker dead-letters such messages as
+``wrong_partition`` instead.
+"""
+
+from __future__ import annotations
+
+from aiokafka.partitioner import murmur2
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``key``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

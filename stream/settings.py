@@ -1,0 +1,93 @@
+"""The one settings object: every knob, its environment variable, its default.
+
+Each field reads ``JOURNEY_<FIELD>`` (``broker`` from ``JOURNEY_BROKER``...).
+``journey settings`` prints the effective values; README.md lists them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Tracker configuration from ``JOURNEY_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="JOURNEY_", frozen=True, extra="ignore")
+
+    broker: str = Field(
+        "kafka://127.0.0.1:9092",
+        description="Kafka bootstrap servers, comma-separated, each kafka://host:port",
+    )
+    app_id: str = Field("journey", description="Faust app id: the consumer group and table prefix")
+    store: str = Field(
+        "memory://",
+        description="Table store: memory:// (rebuilt from the changelog at start) or rocksdb://",
+    )
+    data_dir: Path = Field(Path(".journey-data"), description="Where a worker keeps RocksDB tables")
+    partitions: int = Field(8, ge=1, le=1024, description="Partitions of the touchpoints topic and table")
+    replication_factor: int = Field(1, ge=1, description="Replication of the topics the tracker creates")
+    processing_guarantee: Literal["at_least_once"] = Field(
+        "at_least_once",
+        description="at_least_once with idempotent state; Faust's exactly_once is not supported",
+    )
+    touchpoints_topic: str = Field("touchpoints", description="Topic the apps emit touchpoint events to")
+    transitions_topic: str = Field("journey-transitions", description="Topic of stage transitions")
+    dlq_topic: str = Field("touchpoints-dlq", description="Dead-letter topic for refused events")
+    map_path: Path | None = Field(None, description="Journey map YAML; unset: the shipped default map")
+    max_event_bytes: int = Field(64 * 1024, ge=256, description="Larger messages are dead-lettered")
+    batch_size: int = Field(1000, ge=1, description="Events the worker folds per batch at most")
+    batch_window_s: float = Field(0.25, gt=0, description="Longest wait to fill a batch, seconds")
+    web_bind: str = Field("127.0.0.1", description="Address the worker's web server binds to")
+    web_host: str = Field("127.0.0.1", description="Host name other workers use to reach this one")
+    web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's web server")
+    session_timeout_s: float = Field(
+        60.0, gt=0, description="Kafka group session timeout: how long a dead worker holds its partitions"
+    )
+    heartbeat_interval_s: float = Field(3.0, gt=0, description="Kafka group heartbeat interval")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Worker log level")
+
+    @field_validator("processing_guarantee", mode="before")
+    @classmethod
+    def _no_exactly_once(cls, value: object) -> object:
+        if value == "exactly_once":
+            raise ValueError(
+                "exactly_once is not supported: Faust's transactional mode has open bugs and needs "
+                "three brokers; at_least_once with idempotent state gives the same final state"
+            )
+        return value
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_urls(cls, value: str) -> str:
+        for part in value.split(","):
+            host = part.strip().removeprefix("kafka://")
+            if ":" not in host or not host.rsplit(":", 1)[1].isdigit():
+                raise ValueError(f"{part.strip()!r} is not kafka://host:port")
+        return value
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """The broker list as host:port strings, for kafka-python and aiokafka."""
+        return [p.strip().removeprefix("kafka://") for p in self.broker.split(",")]
+
+    @property
+    def changelog_topic(self) -> str:
+        """Faust's name for the customers table changelog."""
+        return f"{self.app_id}-customers-changelog"
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        return f"JOURNEY_{field.upper()}"
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as the environment variables that reproduce them."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is not None:
+                out[self.env_name(name)] = str(value)
+        return out
