@@ -39,6 +39,7 @@ from models.events import Rejection, Touchpoint, parse_touchpoint
 from models.reducer import CustomerFold, fold_batch
 from models.state import CustomerState
 from stream import app as journey
+from stream.faust_compat import use_event_for_table_writes
 from stream.partitioning import key_partition
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def _fold_isolating_failures(
     return folds
 
 
-async def publish_and_store(stream: Stream, result: BatchResult) -> None:
+async def publish_and_store(result: BatchResult) -> None:
     """Steps 4 and 5: dead letters and transitions acked first, then state."""
     pending: list[Awaitable[Any]] = []
     for dl in result.dead:
@@ -161,7 +162,7 @@ async def publish_and_store(stream: Stream, result: BatchResult) -> None:
         ev = result.last_event[cid]
         # The table picks the changelog partition (and the RocksDB shard) from
         # the current event; in a batch that must be this customer's event.
-        stream._set_current_event(ev)
+        use_event_for_table_writes(ev)
         journey.customers[ev.message.key] = journey.encode_stored(ev.message.offset, fold.state)
 
 
@@ -179,9 +180,9 @@ def count(result: BatchResult) -> None:
             m.transitions.labels(t.from_stage or "none", t.to_stage).inc()
 
 
-async def process_batch(stream: Stream, events: Sequence[EventT]) -> BatchResult:
+async def process_batch(events: Sequence[EventT]) -> BatchResult:
     result = plan_batch(events, journey.customers.get)
-    await publish_and_store(stream, result)
+    await publish_and_store(result)
     count(result)
     return result
 
@@ -195,9 +196,14 @@ def _fatal(exc: BaseException) -> None:
 on_fatal: Callable[[BaseException], None] = _fatal
 
 
-async def run_to_completion(stream: Stream, events: Sequence[EventT]) -> None:
-    """Process a batch; if cancelled (shutdown) finish it first, then stop."""
-    task = asyncio.ensure_future(process_batch(stream, events))
+async def run_to_completion(events: Sequence[EventT]) -> None:
+    """Process a batch in its own task; if cancelled (shutdown) finish it first.
+
+    The own task matters twice: cancelling the agent does not cut a batch in
+    half, and the current-event context set for table writes stays in the
+    task's copy of the context, out of the stream's.
+    """
+    task = asyncio.ensure_future(process_batch(events))
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -216,4 +222,4 @@ async def track(stream: Stream) -> None:
     """Fold touchpoints in batches (Faust hands a concrete Stream)."""
     settings = journey.settings
     async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-        await run_to_completion(stream, batch)
+        await run_to_completion(batch)

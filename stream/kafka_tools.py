@@ -178,20 +178,24 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> Itera
 
 
 def group_lag(settings: Settings, group: str, topic: str) -> int | None:
-    """Messages of ``topic`` not yet committed by ``group``; None if it has not committed."""
-    client = admin(settings)
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id="journey-lag")
+    """Messages of ``topic`` not yet committed by ``group``; None if it has not committed.
+
+    Reads committed offsets with the group id but never joins the group
+    (no subscribe, no poll), so it does not disturb the workers.
+    """
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=group,
+        enable_auto_commit=False,
+        client_id="journey-lag",
+    )
     try:
         parts = _partitions(consumer, topic)
         tps = [TopicPartition(topic, p) for p in parts]
         ends = consumer.end_offsets(tps)
-        try:
-            committed = client.list_consumer_group_offsets(group)
-        except KafkaError:
+        committed = {tp: consumer.committed(tp) for tp in tps}
+        if all(c is None for c in committed.values()):
             return None
-        if not any(tp in committed for tp in tps):
-            return None
-        return sum(max(0, ends[tp] - (committed[tp].offset if tp in committed else 0)) for tp in tps)
+        return sum(max(0, ends[tp] - (committed[tp] or 0)) for tp in tps)
     finally:
         consumer.close()
-        client.close()

@@ -1,0 +1,232 @@
+"""Helpers for tests against the real local stack (deploy/local/stack.sh up).
+
+Each test gets its own app id, topics and group (uuid-named), so tests never
+see each other's data. Workers run as real ``journey worker`` processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from models import CustomerState, Rejection, Touchpoint, Transition, fold_customer, load_map, parse_touchpoint
+from stream.app import decode_stored
+from stream.kafka_tools import Record, group_lag, read_topic
+from stream.settings import Settings
+from stream.simulator import SimMessage
+
+JOURNEY = str(Path(sys.executable).with_name("journey"))
+MAP = load_map()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_settings(tmp_path: Path, **over: Any) -> Settings:
+    """Settings with unique names for one test; fast group failover."""
+    run = uuid.uuid4().hex[:10]
+    values: dict[str, Any] = {
+        "broker": os.environ.get("JOURNEY_TEST_BROKER", "kafka://127.0.0.1:9092"),
+        "app_id": f"it-{run}",
+        "touchpoints_topic": f"it-{run}-touchpoints",
+        "transitions_topic": f"it-{run}-transitions",
+        "dlq_topic": f"it-{run}-dlq",
+        "partitions": 4,
+        "data_dir": tmp_path / "data",
+        "session_timeout_s": 10.0,
+        "heartbeat_interval_s": 1.0,
+        "log_level": "INFO",
+    }
+    values.update(over)
+    return Settings(**values)
+
+
+@dataclass
+class WorkerProcess:
+    """One ``journey worker`` subprocess with its own web port and log."""
+
+    settings: Settings
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    web_port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def start(self) -> WorkerProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEY_")}
+        env.update(self.settings.to_env())
+        env["JOURNEY_WEB_PORT"] = str(self.web_port)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([JOURNEY, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def get(self, path: str, timeout: float = 10.0) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
+                return resp.status, orjson.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, orjson.loads(err.read() or b"null")
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            return self.get("/health", timeout=2.0)[1]  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return None
+
+    def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            h = self.health()
+            if h and h.get("ready"):
+                return h
+            time.sleep(0.5)
+        raise AssertionError(f"worker not ready after {timeout} s:\n{self.tail()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=60)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def wait_processed(settings: Settings, workers: Iterable[WorkerProcess], timeout: float = 180.0) -> None:
+    """Until the group has committed every touchpoint (lag 0) and stays there briefly."""
+    deadline = time.monotonic() + timeout
+    zero_since: float | None = None
+    while time.monotonic() < deadline:
+        for w in workers:
+            if w.proc is not None and w.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {w.proc.returncode}:\n{w.tail()}")
+        lag = group_lag(settings, settings.app_id, settings.touchpoints_topic)
+        if lag == 0:
+            zero_since = zero_since or time.monotonic()
+            if time.monotonic() - zero_since > 2.0:
+                return
+        else:
+            zero_since = None
+        time.sleep(0.5)
+    logs = "\n".join(w.tail() for w in workers)
+    raise AssertionError(f"touchpoints not all committed after {timeout} s:\n{logs}")
+
+
+def stored_states(settings: Settings) -> dict[str, CustomerState]:
+    """The latest state per customer in the table's changelog."""
+    latest: dict[bytes, bytes | None] = {}
+    for rec in read_topic(settings, settings.changelog_topic):
+        assert rec.key is not None
+        latest[rec.key] = rec.value
+    return {k.decode(): decode_stored(v)[1] for k, v in latest.items() if v is not None}
+
+
+def changelog_records(settings: Settings) -> list[Record]:
+    return list(read_topic(settings, settings.changelog_topic))
+
+
+@dataclass
+class Expected:
+    """What the tracker must end with for a list of produced messages: the plain fold."""
+
+    states: dict[str, CustomerState]
+    transitions: dict[str, Transition]
+    dead: Counter[tuple[bytes, str]]
+    applied: int
+    duplicates: int
+
+
+def expected(messages: Iterable[SimMessage]) -> Expected:
+    runs: dict[str, list[Touchpoint]] = {}
+    dead: Counter[tuple[bytes, str]] = Counter()
+    for m in messages:
+        parsed = parse_touchpoint(m.value, MAP, key=m.key)
+        if isinstance(parsed, Rejection):
+            dead[(m.value, parsed.reason)] += 1
+        else:
+            runs.setdefault(parsed.customer_id, []).append(parsed)
+    states: dict[str, CustomerState] = {}
+    transitions: dict[str, Transition] = {}
+    applied = duplicates = 0
+    for cid, evs in runs.items():
+        out = fold_customer(MAP, None, evs)
+        assert out.state is not None
+        states[cid] = out.state
+        transitions.update((t.transition_id, t) for t in out.transitions)
+        applied += out.applied
+        duplicates += out.duplicates
+    return Expected(states, transitions, dead, applied, duplicates)
+
+
+def dead_letters(settings: Settings) -> tuple[Counter[tuple[bytes, str]], int]:
+    """DLQ contents de-duplicated by source coordinates, and the raw record count."""
+    by_source: dict[bytes, tuple[bytes, str]] = {}
+    raw = 0
+    for rec in read_topic(settings, settings.dlq_topic):
+        raw += 1
+        assert rec.value is not None
+        by_source[rec.headers["journey.dlq.source"]] = (rec.value, rec.headers["journey.dlq.reason"].decode())
+    return Counter(by_source.values()), raw
+
+
+def transition_records(settings: Settings) -> tuple[dict[str, dict[str, Any]], int]:
+    """Transitions de-duplicated by transition_id, and the raw record count."""
+    out: dict[str, dict[str, Any]] = {}
+    raw = 0
+    for rec in read_topic(settings, settings.transitions_topic):
+        raw += 1
+        assert rec.value is not None
+        body = orjson.loads(rec.value)
+        out[body["transition_id"]] = body
+    return out, raw
+
+
+def diff_states(got: dict[str, CustomerState], want: dict[str, CustomerState], limit: int = 5) -> str:
+    """A readable account of how two state maps differ (empty if equal)."""
+    lines = []
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    if missing:
+        lines.append(f"{len(missing)} customers missing, e.g. {missing[:limit]}")
+    if extra:
+        lines.append(f"{len(extra)} unexpected customers, e.g. {extra[:limit]}")
+    wrong = [c for c in want if c in got and got[c] != want[c]]
+    if wrong:
+        lines.append(f"{len(wrong)} customers differ from the fold:")
+        for c in wrong[:limit]:
+            lines.append(f"  {c}: got {got[c]}\n  {' ' * len(c)}  want {want[c]}")
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""The tracker through the real broker: its result must equal the plain fold."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from stream.kafka_tools import ensure_topics, group_lag, producer, tracker_topics
+from stream.partitioning import key_partition
+from stream.settings import Settings
+from stream.simulator import SimMessage, generate, produce
+from tests.integration.harness import (
+    WorkerProcess,
+    changelog_records,
+    dead_letters,
+    diff_states,
+    expected,
+    make_settings,
+    stored_states,
+    transition_records,
+    wait_processed,
+)
+
+NOW_MS = 1_795_503_600_000  # fixed "now": the same seed gives the same bytes
+
+
+def send_all(settings: Settings, messages: list[SimMessage], rate: float = 0.0) -> None:
+    prod = producer(settings)
+    try:
+        produce(lambda k, v: prod.send(settings.touchpoints_topic, key=k, value=v), messages, rate)
+        prod.flush()
+    finally:
+        prod.close()
+
+
+def metric(worker: WorkerProcess, name: str, **labels: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(worker.url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{want} not in /metrics")
+
+
+def test_ten_thousand_events_equal_the_fold(
+    settings: Settings, spawn: list[WorkerProcess], tmp_path: Path
+) -> None:
+    messages = generate(1700, seed=11, duplicates=0.05, malformed=0.03, now_ms=NOW_MS)
+    assert len(messages) >= 10_000
+    want = expected(messages)
+    assert want.duplicates > 0 and sum(want.dead.values()) > 0
+
+    a = WorkerProcess(settings, tmp_path / "worker-a.log").start()
+    b = WorkerProcess(settings, tmp_path / "worker-b.log").start()
+    spawn += [a, b]
+    # Produce only once both own partitions: a rebalance mid-stream is the
+    # crash test's subject, and would (correctly) repeat some dead letters.
+    deadline = time.monotonic() + 120
+    while True:
+        ha, hb = a.wait_ready(), b.wait_ready()
+        if sorted(ha["partitions"] + hb["partitions"]) == list(range(settings.partitions)):
+            break
+        assert time.monotonic() < deadline, (ha, hb)
+        time.sleep(1)
+
+    send_all(settings, messages)
+    wait_processed(settings, [a, b])
+
+    got = stored_states(settings)
+    assert got == want.states, diff_states(got, want.states)
+
+    # Each customer's changelog records sit on the partition its events use.
+    for rec in changelog_records(settings):
+        assert rec.key is not None
+        assert rec.partition == key_partition(rec.key, settings.partitions)
+
+    dead, _ = dead_letters(settings)
+    assert dead == want.dead
+
+    transitions, raw_transitions = transition_records(settings)
+    assert set(transitions) == set(want.transitions)
+    assert raw_transitions == len(want.transitions)  # no rebalance, no replay: none repeated
+    sample = next(iter(want.transitions.values()))
+    assert transitions[sample.transition_id] == sample.to_record()
+
+    applied = sum(metric(w, "journey_events_total", outcome="applied") for w in (a, b))
+    dupes = sum(metric(w, "journey_events_total", outcome="duplicate") for w in (a, b))
+    rejected = sum(metric(w, "journey_events_total", outcome="rejected") for w in (a, b))
+    assert (applied, dupes, rejected) == (want.applied, want.duplicates, sum(want.dead.values()))
+
+    # Either worker answers for any customer, forwarding to the owner.
+    for cid in list(want.states)[:40]:
+        for w in (a, b):
+            status, body = w.get(f"/customers/{cid}")
+            assert status == 200, (cid, body)
+            assert body == want.states[cid].to_api()
+    status, body = a.get("/customers/nobody-like-this")
+    assert status == 404 and body["customer_id"] == "nobody-like-this"
+
+
+@pytest.mark.parametrize("store", ["rocksdb://"])
+def test_sigkill_mid_stream_loses_and_doubles_nothing(
+    store: str, spawn: list[WorkerProcess], tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, store=store)
+    messages = generate(1700, seed=12, duplicates=0.05, malformed=0.03, now_ms=NOW_MS)
+    want = expected(messages)
+    ensure_topics(settings, tracker_topics(settings))
+
+    first = WorkerProcess(settings, tmp_path / "worker-1.log").start()
+    spawn.append(first)
+    first.wait_ready()
+
+    # Part of the stream first, committed; then the rest flows while the
+    # worker is killed, so the kill lands mid-stream every time.
+    cut = len(messages) * 2 // 5
+    send_all(settings, messages[:cut])
+    deadline = time.monotonic() + 120
+    while True:
+        lag = group_lag(settings, settings.app_id, settings.touchpoints_topic)
+        if lag is not None and lag < cut:
+            break
+        assert time.monotonic() < deadline, f"the worker committed nothing:\n{first.tail()}"
+        time.sleep(0.2)
+    sender = threading.Thread(target=send_all, args=(settings, messages[cut:], 2000.0))
+    sender.start()
+    time.sleep(1.0)
+    assert sender.is_alive()
+    first.kill(signal.SIGKILL)
+    assert first.proc is not None and first.proc.returncode == -signal.SIGKILL
+    sender.join()
+
+    second = WorkerProcess(settings, tmp_path / "worker-2.log").start()
+    spawn.append(second)
+    second.wait_ready(timeout=180)
+    wait_processed(settings, [second])
+
+    got = stored_states(settings)
+    assert got == want.states, diff_states(got, want.states)
+    dead, _ = dead_letters(settings)
+    assert dead == want.dead
+    transitions, _ = transition_records(settings)
+    assert set(transitions) == set(want.transitions)
+
+    # The restarted worker serves state it recovered from its store and changelog.
+    cid = next(iter(want.states))
+    status, body = second.get(f"/customers/{cid}")
+    assert status == 200 and body == want.states[cid].to_api()
