@@ -17,6 +17,7 @@ Web views (port ``JOURNEY_WEB_PORT``, 6066 by default):
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import faust
@@ -67,7 +68,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         web_bind=settings.web_bind,
-        web_host=settings.web_host,
+        web_host=settings.web_host or socket.gethostname(),
         web_port=settings.web_port,
         web_in_thread=False,
     )

@@ -207,16 +207,20 @@ def emit(source: click.utils.LazyFile) -> None:
     click.echo(f"sent {sent} events to {settings.touchpoints_topic}", err=True)
 
 
-def stage_counts(settings: Settings) -> Counter[str]:
-    """Customers per stage, from the latest value of each key in the changelog."""
+def stage_counts(settings: Settings) -> tuple[Counter[str], str | None]:
+    """Customers per stage from the latest value of each key in the changelog,
+    and the id of the customer updated last (an example to look up)."""
     from stream.app import decode_stored
     from stream.kafka_tools import read_topic
 
     latest: dict[bytes, bytes | None] = {}
+    last: bytes | None = None
     for rec in read_topic(settings, settings.changelog_topic):
         if rec.key is not None:
             latest[rec.key] = rec.value
-    return Counter(decode_stored(v)[1].stage for v in latest.values() if v is not None)
+            last = rec.key
+    counts = Counter(decode_stored(v)[1].stage for v in latest.values() if v is not None)
+    return counts, last.decode() if last is not None else None
 
 
 @main.command()
@@ -234,7 +238,7 @@ def status(watch: float) -> None:
     jmap = load_map(settings.map_path)
     while True:
         try:
-            counts = stage_counts(settings)
+            counts, example = stage_counts(settings)
         except JourneyError as exc:
             _fail(str(exc))
         total = sum(counts.values())
@@ -245,6 +249,8 @@ def status(watch: float) -> None:
         for name in jmap.stage_names:
             n = counts.get(name, 0)
             click.echo(f"  {name:<14} {n:>8}  {'#' * round(40 * n / widest)}")
+        if example:
+            click.echo(f"example customer: {example}")
         if not watch:
             return
         time.sleep(watch)

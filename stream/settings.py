@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(1000, ge=1, description="Events the worker folds per batch at most")
     batch_window_s: float = Field(0.25, gt=0, description="Longest wait to fill a batch, seconds")
     web_bind: str = Field("127.0.0.1", description="Address the worker's web server binds to")
-    web_host: str = Field("127.0.0.1", description="Host name other workers use to reach this one")
+    web_host: str = Field(
+        "127.0.0.1", description="Host name other workers use to reach this one; empty: this host's name"
+    )
     web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's web server")
     session_timeout_s: float = Field(
         60.0, gt=0, description="Kafka group session timeout: how long a dead worker holds its partitions"

@@ -1,0 +1,55 @@
+# The two commands of README.md: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STACK := deploy/local/stack.sh
+
+.PHONY: help venv deps stack-up stack-down demo demo-stop test unit lint bench clean
+
+help:
+	@echo "make demo       install, start Kafka + Redis, a worker and the simulator"
+	@echo "make demo-stop  stop the demo's worker, simulator and stack"
+	@echo "make test       install, start the stack, lint, run all tests, stop the stack"
+	@echo "make unit       tests that need no stack"
+	@echo "make lint       ruff and mypy"
+	@echo "make bench      tracker throughput vs a bare consumer (needs the stack)"
+
+$(BIN)/journey: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/journey
+
+deps:
+	deploy/local/install-deps.sh
+
+stack-up: deps
+	$(STACK) up
+
+stack-down:
+	$(STACK) down
+
+demo: venv stack-up
+	deploy/local/demo.sh start
+
+demo-stop:
+	deploy/local/demo.sh stop
+	$(STACK) down
+
+test: deps venv
+	deploy/local/run-tests.sh
+
+unit: venv
+	$(BIN)/pytest -m "not integration" tests
+
+lint: venv
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+bench: venv stack-up
+	$(BIN)/python bench/throughput.py
+
+clean:
+	$(STACK) clean
+	rm -rf $(VENV) .journey-data

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The demo (make demo): a worker and the simulator in the background, on the
+# stack that `make demo` started. `demo.sh stop` (make demo-stop) ends them.
+#
+# Environment: DEMO_CUSTOMERS [20000], DEMO_RATE events/s [300],
+# JOURNEY_WEB_PORT [6066], and any other JOURNEY_* setting.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+run="${JOURNEY_STACK_DIR:-$repo/.stack}/demo"
+bin="$repo/.venv/bin"
+port="${JOURNEY_WEB_PORT:-6066}"
+
+stop() {
+    for name in simulator worker; do
+        if [[ -f "$run/$name.pid" ]] && kill -0 "$(cat "$run/$name.pid")" 2>/dev/null; then
+            kill -TERM "$(cat "$run/$name.pid")" || true
+            echo "demo: stopped the $name"
+        fi
+        rm -f "$run/$name.pid"
+    done
+}
+
+start() {
+    mkdir -p "$run"
+    stop >/dev/null
+    cd "$repo"
+    nohup "$bin/journey" worker >"$run/worker.log" 2>&1 &
+    echo $! >"$run/worker.pid"
+    echo "demo: worker starting (log: $run/worker.log)"
+    for _ in $(seq 1 120); do
+        if curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1; then break; fi
+        kill -0 "$(cat "$run/worker.pid")" 2>/dev/null || { tail -20 "$run/worker.log"; exit 1; }
+        sleep 1
+    done
+    curl -fs "http://127.0.0.1:$port/health" >/dev/null || { echo "demo: worker not ready" >&2; exit 1; }
+    nohup "$bin/journey" simulate --customers "${DEMO_CUSTOMERS:-20000}" --rate "${DEMO_RATE:-300}" \
+        --duplicates 0.02 --malformed 0.01 >"$run/simulator.log" 2>&1 &
+    echo $! >"$run/simulator.pid"
+    echo "demo: simulator sending ${DEMO_RATE:-300} events/s (log: $run/simulator.log)"
+    sleep 12
+    local status someone
+    status="$("$bin/journey" status)"
+    echo "$status"
+    someone="$(sed -n 's/^example customer: //p' <<<"$status")"
+    cat <<EOT
+
+Customers are moving. Look at:
+  live counts      .venv/bin/journey status --watch 2
+  one customer     curl -s http://127.0.0.1:$port/customers/${someone:-<customer_id>}
+  worker metrics   curl -s http://127.0.0.1:$port/metrics | grep ^journey_
+  transitions      topic journey-transitions; refused events: topic touchpoints-dlq
+Stop everything:   make demo-stop
+EOT
+}
+
+case "${1:-}" in
+start) start ;;
+stop) stop ;;
+*) echo "usage: demo.sh start|stop" >&2; exit 2 ;;
+esac

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the local stack needs from Debian's packages, if missing:
+# a Java runtime, Maven (to fetch the Kafka jars once) and redis-server.
+# Needs root (or sudo); prints what it would install otherwise.
+set -euo pipefail
+
+pkgs=()
+command -v java >/dev/null || pkgs+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || pkgs+=(maven)
+command -v redis-server >/dev/null || pkgs+=(redis-server)
+command -v redis-cli >/dev/null || pkgs+=(redis-tools)
+((${#pkgs[@]})) || exit 0
+
+if [[ $(id -u) -eq 0 ]]; then
+    sudo=()
+elif command -v sudo >/dev/null; then
+    sudo=(sudo)
+else
+    echo "install-deps: please install: ${pkgs[*]} (apt-get install ${pkgs[*]})" >&2
+    exit 1
+fi
+echo "install-deps: installing ${pkgs[*]}"
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${pkgs[@]}" >/dev/null

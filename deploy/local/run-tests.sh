@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command (make test): lint, start the local stack if it is not up,
+# run unit and integration tests against it, and stop the stack again (only
+# if this script started it) whether the tests pass or not.
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+cd "$repo"
+bin="$repo/.venv/bin"
+
+"$bin/ruff" check . && "$bin/ruff" format --check . && "$bin/mypy" || {
+    echo "run-tests: lint failed" >&2
+    exit 1
+}
+
+started=0
+if ! "$here/stack.sh" status >/dev/null 2>&1; then
+    "$here/stack.sh" up || exit 1
+    started=1
+fi
+stop_stack() { ((started)) && "$here/stack.sh" down; }
+trap stop_stack EXIT
+
+"$bin/pytest" "$@"

@@ -1,0 +1,81 @@
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stream.cli import main as cli
+from stream.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+
+
+def test_services_are_all_there() -> None:
+    assert {"kafka", "redis", "worker", "simulator"} <= set(SERVICES)
+
+
+def test_dockerfile_copies_files_that_exist() -> None:
+    for service in ("worker", "simulator"):
+        assert SERVICES[service]["build"] == "."
+    copies = re.findall(r"^COPY\s+(.+?)\s+\S+$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert copies
+    for line in copies:
+        for src in line.split():
+            assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
+
+
+def test_every_journey_variable_is_a_real_setting() -> None:
+    names = {Settings.env_name(f) for f in Settings.model_fields}
+    used: set[str] = set()
+    for service in SERVICES.values():
+        used |= {k for k in service.get("environment", {}) if k.startswith("JOURNEY_")}
+    used |= set(re.findall(r"(JOURNEY_[A-Z_]+)=", (ROOT / "Dockerfile").read_text()))
+    assert used
+    assert used <= names, used - names
+    for service in ("worker", "simulator"):
+        env = SERVICES[service]["environment"]
+        assert env["JOURNEY_BROKER"] == "kafka://kafka:19092"
+
+
+def test_commands_are_journey_commands() -> None:
+    assert 'ENTRYPOINT ["journey"]' in (ROOT / "Dockerfile").read_text()
+    for service in ("worker", "simulator"):
+        command = SERVICES[service]["command"]
+        assert command[0] in cli.commands, command  # type: ignore[attr-defined]
+
+
+def test_ports_match_the_services() -> None:
+    kafka_env = SERVICES["kafka"]["environment"]
+    assert "EXTERNAL://:9092" in kafka_env["KAFKA_LISTENERS"]
+    assert "9092:9092" in SERVICES["kafka"]["ports"]
+    assert "PLAINTEXT://kafka:19092" in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
+    assert "6379:6379" in SERVICES["redis"]["ports"]
+    # The worker's web port is the settings default, published without a
+    # fixed host port so that `--scale worker=N` does not collide.
+    default_port = str(Settings.model_fields["web_port"].default)
+    assert SERVICES["worker"]["ports"] == [default_port]
+    assert f"EXPOSE {default_port}" in (ROOT / "Dockerfile").read_text()
+
+
+def _compose_client() -> list[str] | None:
+    for cmd in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(cmd[0]) and subprocess.run([*cmd, "version"], capture_output=True).returncode == 0:
+            return cmd
+    return None
+
+
+@pytest.mark.skipif(_compose_client() is None, reason="no docker compose client on this machine")
+def test_docker_compose_config_accepts_the_file() -> None:
+    cmd = _compose_client()
+    assert cmd is not None
+    out = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True)
+    assert out.returncode == 0, out.stderr.decode()
