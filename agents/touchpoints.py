@@ -10,7 +10,10 @@ Per batch of up to ``JOURNEY_BATCH_SIZE`` events (``stream.take_events``):
    (``models.reducer.fold_batch``): one state and its transitions per customer.
 4. Publish dead letters and transitions and wait for the broker's acks.
 5. Write each changed customer once (one changelog record per customer per
-   batch, not per event).
+   batch, not per event): the changelog first, acked, then the local store.
+
+Steps 4 and 5 produce whole aiokafka batches per partition
+(``stream/batching.py``) instead of Faust's one-message sends.
 
 Only after all of that does ``take_events`` ack the batch, so Faust commits
 the source offsets only for fully processed batches (it flushes the producer,
@@ -27,19 +30,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from faust.streams import Stream
-from faust.types import EventT
+from faust.types import TP, EventT, StoreT
 
 from models.events import Rejection, Touchpoint, parse_touchpoint
 from models.reducer import CustomerFold, fold_batch
 from models.state import CustomerState
 from stream import app as journey
-from stream.faust_compat import use_event_for_table_writes
+from stream.batching import PartitionBatches
+from stream.faust_compat import aiokafka_producer, use_event_for_table_writes
 from stream.partitioning import key_partition
 
 log = logging.getLogger(__name__)
@@ -137,33 +141,51 @@ def _fold_isolating_failures(
 
 
 async def publish_and_store(result: BatchResult) -> None:
-    """Steps 4 and 5: dead letters and transitions acked first, then state."""
-    pending: list[Awaitable[Any]] = []
+    """Steps 4 and 5: dead letters and transitions acked, then the changelog
+    acked, then the local store. Every record goes to its source event's
+    partition number (the topics are co-partitioned with the touchpoints).
+
+    The changelog is written before the local store: if it fails, the worker
+    exits and nothing local is ahead of what a new owner would recover.
+    """
+    settings = journey.settings
+    producer = aiokafka_producer(journey.app)
+    out = PartitionBatches(producer)
     for dl in result.dead:
         msg = dl.event.message
         log.warning(
             "dead letter %s from %s[%d]@%d: %s", dl.reason, msg.topic, msg.partition, msg.offset, dl.detail
         )
-        pending.append(
-            await journey.dlq_topic.send(key=msg.key, value=msg.value, headers=dl.headers(), force=True)
-        )
+        out.add(settings.dlq_topic, msg.partition, msg.key, msg.value, dl.headers())
     for cid, fold in result.folds.items():
-        key = cid.encode()
-        for t in fold.transitions:
-            pending.append(
-                await journey.transitions_topic.send(key=key, value=orjson.dumps(t.to_record()), force=True)
-            )
-    if pending:
-        await asyncio.gather(*pending)
+        if fold.transitions:
+            key, partition = cid.encode(), result.last_event[cid].message.partition
+            for t in fold.transitions:
+                out.add(settings.transitions_topic, partition, key, orjson.dumps(t.to_record()))
+    await out.send()
 
+    table = journey.customers
+    changelog = PartitionBatches(producer)
+    writes: list[tuple[EventT, bytes, bytes]] = []
     for cid, fold in result.folds.items():
         if fold.applied == 0 or fold.state is None:
             continue
         ev = result.last_event[cid]
-        # The table picks the changelog partition (and the RocksDB shard) from
-        # the current event; in a batch that must be this customer's event.
+        key, value = cid.encode(), journey.encode_stored(ev.message.offset, fold.state)
+        writes.append((ev, key, value))
+        changelog.add(settings.changelog_topic, ev.message.partition, key, value)
+    written = await changelog.send()
+
+    store: StoreT = table.data  # type: ignore[assignment]  # Faust types .data as a mapping
+    for ev, key, value in writes:
+        # The store picks the RocksDB shard from the current event; in a
+        # batch that must be this customer's own event.
         use_event_for_table_writes(ev)
-        journey.customers[ev.message.key] = journey.encode_stored(ev.message.offset, fold.state)
+        store[key] = value
+    for (topic, partition), offset in written.items():
+        # What Faust's own changelog callback records: recovery after a
+        # restart reads the changelog from here on, not from the start.
+        store.set_persisted_offset(TP(topic, partition), offset)
 
 
 def count(result: BatchResult) -> None:

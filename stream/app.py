@@ -65,6 +65,10 @@ def create_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # The agent appends whole batches (stream/batching.py): room for a
+        # few hundred records per partition and request, under the broker's
+        # 1 MiB message limit.
+        producer_max_batch_size=512 * 1024,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         web_bind=settings.web_bind,

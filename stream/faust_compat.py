@@ -12,6 +12,11 @@ event in place of a new one, and that event was lost (caught by the
 integration test). Setting only the context variable, from the batch's own
 task (its context is a copy), changes nothing the stream reads.
 
+The worker also produces whole batches (``stream/batching.py``) through the
+aiokafka producer Faust already runs, so the same connection, acks setting
+and ``flush()`` before commit cover them: :func:`aiokafka_producer` fetches
+it.
+
 ``tests/stream/test_faust_compat.py`` breaks if Faust renames what this uses.
 """
 
@@ -19,6 +24,8 @@ from __future__ import annotations
 
 import weakref
 
+import faust
+from aiokafka import AIOKafkaProducer
 from faust.streams import _current_event, current_event
 from faust.types import EventT
 
@@ -28,4 +35,10 @@ def use_event_for_table_writes(event: EventT) -> None:
     _current_event.set(weakref.ref(event))
 
 
-__all__ = ["current_event", "use_event_for_table_writes"]
+def aiokafka_producer(app: faust.App) -> AIOKafkaProducer:
+    """The started aiokafka producer under Faust's producer service."""
+    producer: AIOKafkaProducer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+    return producer
+
+
+__all__ = ["aiokafka_producer", "current_event", "use_event_for_table_writes"]

@@ -40,3 +40,19 @@ def test_faust_tables_still_read_the_current_event() -> None:
 
     assert "current_event()" in inspect.getsource(base.Collection.partition_for_key)
     assert "current_event" in inspect.getsource(rocksdb.Store)
+
+
+def test_the_aiokafka_producer_is_where_faust_keeps_it() -> None:
+    import inspect
+
+    from faust.transport.drivers import aiokafka
+
+    source = inspect.getsource(aiokafka.Producer)
+    assert "def _ensure_producer(self) -> aiokafka.AIOKafkaProducer" in source
+
+
+def test_stores_take_persisted_offsets() -> None:
+    from faust.stores import memory, rocksdb
+
+    assert callable(memory.Store.set_persisted_offset)
+    assert callable(rocksdb.Store.set_persisted_offset)

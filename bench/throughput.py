@@ -1,0 +1,161 @@
+"""Tracker throughput against a bare consumer of the same topic, in one run.
+
+Needs the local stack (deploy/local/stack.sh up). Produces simulator events to
+a fresh topic, then measures:
+
+* bare: an aiokafka consumer that only parses each value with orjson;
+* tracker: a real ``journey worker`` (memory store) folding the same topic,
+  from its first applied event to its last, read off its /metrics counters
+  (start-up and recovery are not counted).
+
+Prints both rates and, last, ``ratio: X`` (tracker / bare). Not a test: the
+numbers move with the machine's load; compare ratios from the same run.
+
+    .venv/bin/python bench/throughput.py [--customers 9000] [--seed 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stream.kafka_tools import ensure_topics, producer, tracker_topics  # noqa: E402
+from stream.settings import Settings  # noqa: E402
+from stream.simulator import generate, produce  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def bare_consumer(settings: Settings, total: int) -> float:
+    """Events per second for consume + orjson.loads, first message to last."""
+    consumer = AIOKafkaConsumer(
+        settings.touchpoints_topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=f"bench-bare-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    seen = 0
+    started = 0.0
+    try:
+        while seen < total:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for records in batches.values():
+                if not started:
+                    started = time.perf_counter()
+                for rec in records:
+                    # A plain try, not contextlib.suppress: a slower baseline
+                    # would flatter the ratio.
+                    try:  # noqa: SIM105
+                        orjson.loads(rec.value)
+                    except orjson.JSONDecodeError:
+                        pass
+                    seen += 1
+        return seen / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+def processed(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("journey_events_total{") and 'outcome="replayed"' not in line
+    )
+
+
+def tracker(settings: Settings, total: int, workdir: Path) -> float:
+    """Events per second through a real worker, first applied event to last."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEY_")}
+    env.update(settings.to_env())
+    env["JOURNEY_WEB_PORT"] = str(port)
+    env["JOURNEY_LOG_LEVEL"] = "WARNING"
+    log = (workdir / "worker.log").open("wb")
+    journey = str(Path(sys.executable).with_name("journey"))
+    proc = subprocess.Popen([journey, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        first_t = first_n = 0.0
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"worker exited {proc.returncode}; log: {workdir / 'worker.log'}")
+            try:
+                n = processed(port)
+            except OSError:
+                n = 0.0
+            now = time.perf_counter()
+            if n > 0 and not first_t:
+                first_t, first_n = now, n
+            if n >= total:
+                return (n - first_n) / (now - first_t)
+            time.sleep(0.05)
+        raise SystemExit("the worker did not finish in 15 minutes")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--customers", type=int, default=9000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--partitions", type=int, default=8)
+    args = parser.parse_args()
+
+    run = f"bench-{uuid.uuid4().hex[:8]}"
+    workdir = Path(tempfile.mkdtemp(prefix=f"{run}-"))
+    settings = Settings(
+        app_id=run,
+        touchpoints_topic=f"{run}-touchpoints",
+        transitions_topic=f"{run}-transitions",
+        dlq_topic=f"{run}-dlq",
+        partitions=args.partitions,
+        data_dir=workdir / "data",
+    )
+    messages = generate(args.customers, args.seed, duplicates=0.05, malformed=0.01)
+    ensure_topics(settings, tracker_topics(settings))
+    prod = producer(settings, max_in_flight_requests_per_connection=5, linger_ms=50, batch_size=256 * 1024)
+    produce(lambda k, v: prod.send(settings.touchpoints_topic, key=k, value=v), messages)
+    prod.flush()
+    prod.close()
+    total = len(messages)
+    print(f"events: {total}  customers: {args.customers}  partitions: {args.partitions}")
+
+    bare = asyncio.run(bare_consumer(settings, total))
+    print(f"bare consumer (aiokafka + orjson): {bare:,.0f} events/s")
+    ours = tracker(settings, total, workdir)
+    print(f"tracker worker (fold, table, transitions, DLQ): {ours:,.0f} events/s")
+    print(f"ratio: {ours / bare:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Records collected per partition and produced as whole aiokafka batches.
+
+Faust produces one message at a time: a ``FutureMessage``, an awaited
+``AIOKafkaProducer.send`` and a callback per record, about 250 µs each on
+these machines. A batch of the worker writes hundreds of transitions and
+changelog records; appending them to one ``BatchBuilder`` per partition and
+sending each builder once costs a fraction of that, and gives one future per
+batch to wait on before the source offsets may be committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class PartitionBatches:
+    """Collects records per (topic, partition); :meth:`send` produces and waits."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self._builders: dict[tuple[str, int], list[Any]] = {}
+        self.records = 0
+
+    def add(
+        self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: Headers = ()
+    ) -> None:
+        builders = self._builders.setdefault((topic, partition), [])
+        if (
+            not builders
+            or builders[-1].append(timestamp=None, key=key, value=value, headers=list(headers)) is None
+        ):
+            builder = self._producer.create_batch()
+            if builder.append(timestamp=None, key=key, value=value, headers=list(headers)) is None:
+                raise ValueError(
+                    f"a record for {topic}[{partition}] is larger than the producer's batch size"
+                )
+            builders.append(builder)
+        self.records += 1
+
+    async def send(self) -> dict[tuple[str, int], int]:
+        """Produce every batch and wait for the broker's acks.
+
+        Returns the offset of the last record written per (topic, partition).
+        Raises if any batch fails: the caller must not ack its source events.
+        """
+        pending: list[tuple[tuple[str, int], int, asyncio.Future[Any]]] = []
+        for (topic, partition), builders in self._builders.items():
+            for builder in builders:
+                count = builder.record_count()
+                fut = await self._producer.send_batch(builder, topic, partition=partition)
+                pending.append(((topic, partition), count, fut))
+        self._builders.clear()
+        last: dict[tuple[str, int], int] = {}
+        if pending:
+            results = await asyncio.gather(*(fut for _, _, fut in pending))
+            for (tp, count, _), meta in zip(pending, results, strict=True):
+                end = meta.offset + count - 1
+                if end > last.get(tp, -1):
+                    last[tp] = end
+        return last
