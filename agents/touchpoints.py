@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,9 @@ from stream.partitioning import key_partition
 log = logging.getLogger(__name__)
 
 EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: the batch is not acked; the restart replays it
+# Dead letters logged one by one per batch; the rest are summed up by reason,
+# so a flood of garbage does not flood the log (the DLQ has every one).
+LOGGED_DEAD_LETTERS = 20
 
 
 @dataclass(slots=True)
@@ -151,12 +155,21 @@ async def publish_and_store(result: BatchResult) -> None:
     settings = journey.settings
     producer = aiokafka_producer(journey.app)
     out = PartitionBatches(producer)
-    for dl in result.dead:
+    for i, dl in enumerate(result.dead):
         msg = dl.event.message
-        log.warning(
-            "dead letter %s from %s[%d]@%d: %s", dl.reason, msg.topic, msg.partition, msg.offset, dl.detail
-        )
+        if i < LOGGED_DEAD_LETTERS:
+            log.warning(
+                "dead letter %s from %s[%d]@%d: %s",
+                dl.reason,
+                msg.topic,
+                msg.partition,
+                msg.offset,
+                dl.detail,
+            )
         out.add(settings.dlq_topic, msg.partition, msg.key, msg.value, dl.headers())
+    if len(result.dead) > LOGGED_DEAD_LETTERS:
+        rest = Counter(dl.reason for dl in result.dead[LOGGED_DEAD_LETTERS:])
+        log.warning("%d more dead letters in this batch: %s", sum(rest.values()), dict(rest))
     for cid, fold in result.folds.items():
         if fold.transitions:
             key, partition = cid.encode(), result.last_event[cid].message.partition

@@ -131,3 +131,34 @@ def test_a_failed_batch_is_fatal_and_never_acked(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ConnectionError):
         asyncio.run(agent.run_to_completion([]))
     assert len(fatal) == 1 and isinstance(fatal[0], ConnectionError)
+
+
+def test_a_flood_of_dead_letters_is_logged_in_summary(monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
+    sent: list[tuple[str, int]] = []
+
+    class Batches:
+        def __init__(self, producer: Any) -> None:
+            pass
+
+        def add(self, topic: str, partition: int, *rest: Any) -> None:
+            sent.append((topic, partition))
+
+        async def send(self) -> dict[tuple[str, int], int]:
+            return {}
+
+    monkeypatch.setattr(agent, "PartitionBatches", Batches)
+    monkeypatch.setattr(agent, "aiokafka_producer", lambda app: None)
+    garbage = [
+        SimpleNamespace(
+            message=SimpleNamespace(topic="touchpoints", partition=1, offset=i, key=b"k", value=b"?")
+        )
+        for i in range(50)
+    ]
+    result = agent.plan_batch(garbage, lambda key: None)
+    with caplog.at_level("WARNING", logger=agent.__name__):
+        asyncio.run(agent.publish_and_store(result))
+    assert len(sent) == 50  # every one goes to the DLQ
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == agent.LOGGED_DEAD_LETTERS + 1
+    assert lines[0].startswith("dead letter not_json from touchpoints[1]@0")
+    assert lines[-1] == "30 more dead letters in this batch: {'not_json': 30}"
