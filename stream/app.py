@@ -91,20 +91,9 @@ touchpoints_topic = app.topic(
     partitions=settings.partitions,
     replicas=settings.replication_factor,
 )
-transitions_topic = app.topic(
-    settings.transitions_topic,
-    key_type=bytes,
-    value_type=bytes,
-    partitions=settings.partitions,
-    replicas=settings.replication_factor,
-)
-dlq_topic = app.topic(
-    settings.dlq_topic,
-    key_type=bytes,
-    value_type=bytes,
-    partitions=settings.partitions,
-    replicas=settings.replication_factor,
-)
+# The transitions and dead-letter topics are created by `journey worker`
+# (stream.kafka_tools.ensure_topics) and written in whole batches by the
+# agent (stream.batching), so Faust needs no topic objects for them.
 customers = app.Table(
     "customers",
     default=None,

@@ -15,8 +15,9 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
@@ -25,6 +26,8 @@ from pydantic import ValidationError
 from models.errors import JourneyError
 from models.journey_map import load_map
 from stream.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -79,60 +82,31 @@ def worker() -> None:
     runner.execute_from_commandline()
 
 
+def sim_option(*flags: str, env: str, **kwargs: Any) -> Callable[[F], F]:
+    """A simulator flag with its JOURNEY_SIM_* fallback shown in --help."""
+    return click.option(*flags, envvar=f"JOURNEY_SIM_{env}", show_envvar=True, show_default=True, **kwargs)
+
+
 @main.command()
-@click.option(
-    "--customers",
-    "-n",
-    default=1000,
-    show_default=True,
-    envvar="JOURNEY_SIM_CUSTOMERS",
-    show_envvar=True,
-    type=click.IntRange(1),
-    help="Synthetic customers to generate",
+@sim_option(
+    "--customers", "-n", env="CUSTOMERS", default=1000, type=click.IntRange(1), help="Synthetic customers"
 )
-@click.option(
-    "--seed",
-    default=None,
-    type=int,
-    envvar="JOURNEY_SIM_SEED",
-    show_envvar=True,
-    help="Random seed (same seed, same events); random if unset",
+@sim_option(
+    "--seed", env="SEED", default=None, type=int, help="Random seed (same seed, same events); random if unset"
 )
-@click.option(
-    "--rate",
-    default=0.0,
-    show_default=True,
-    envvar="JOURNEY_SIM_RATE",
-    show_envvar=True,
-    type=click.FloatRange(0),
-    help="Events per second at most; 0 sends as fast as possible",
+@sim_option("--rate", env="RATE", default=0.0, type=click.FloatRange(0), help="Events/s at most; 0: no limit")
+@sim_option(
+    "--duplicates", env="DUPLICATES", default=0.0, type=click.FloatRange(0, 1), help="Share sent twice"
 )
-@click.option(
-    "--duplicates",
-    default=0.0,
-    show_default=True,
-    envvar="JOURNEY_SIM_DUPLICATES",
-    show_envvar=True,
-    type=click.FloatRange(0, 1),
-    help="Share of events delivered twice",
+@sim_option(
+    "--malformed", env="MALFORMED", default=0.0, type=click.FloatRange(0, 1), help="Share of bad messages"
 )
-@click.option(
-    "--malformed",
-    default=0.0,
-    show_default=True,
-    envvar="JOURNEY_SIM_MALFORMED",
-    show_envvar=True,
-    type=click.FloatRange(0, 1),
-    help="Share of malformed messages mixed in",
-)
-@click.option(
+@sim_option(
     "--span-days",
+    env="SPAN_DAYS",
     default=14.0,
-    show_default=True,
-    envvar="JOURNEY_SIM_SPAN_DAYS",
-    show_envvar=True,
     type=click.FloatRange(0),
-    help="Journeys start up to this many days ago",
+    help="Journeys start this far back",
 )
 @click.option("--dry-run", is_flag=True, help="Print the events as JSON lines instead of sending them")
 def simulate(
