@@ -52,6 +52,29 @@ def main() -> None:
     """Real-time customer journey tracker on Kafka."""
 
 
+_held_locks: list[Any] = []
+
+
+def _lock_data_dir(data_dir: Path) -> None:
+    """Refuse to share a RocksDB data directory with another running worker.
+
+    Two workers on one directory would crash on RocksDB's own lock at the
+    first rebalance that hands both the same partition; say so at start.
+    The lock is released when the process exits, however it exits.
+    """
+    import fcntl
+
+    handle = (data_dir / ".journey-worker.lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        _fail(
+            f"another worker uses JOURNEY_DATA_DIR={data_dir}; "
+            "give each worker on this host its own data directory"
+        )
+    _held_locks.append(handle)
+
+
 @main.command()
 def worker() -> None:
     """Run a tracker worker until stopped (Ctrl-C or SIGTERM).
@@ -61,6 +84,13 @@ def worker() -> None:
     web server on JOURNEY_WEB_PORT.
     """
     settings = load_settings()
+    try:
+        # Faust creates only the last level of its data directory.
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"cannot create JOURNEY_DATA_DIR={settings.data_dir}: {exc.strerror or exc}")
+    if settings.store.startswith("rocksdb"):
+        _lock_data_dir(settings.data_dir)
     from stream.kafka_tools import ensure_topics, tracker_topics
 
     try:

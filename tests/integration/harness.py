@@ -64,6 +64,7 @@ class WorkerProcess:
 
     settings: Settings
     log_path: Path
+    data_dir: Path | None = None  # default: one of its own, named after the log
     proc: subprocess.Popen[bytes] | None = None
     web_port: int = field(default_factory=free_port)
 
@@ -75,6 +76,7 @@ class WorkerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEY_")}
         env.update(self.settings.to_env())
         env["JOURNEY_WEB_PORT"] = str(self.web_port)
+        env["JOURNEY_DATA_DIR"] = str(self.data_dir or self.settings.data_dir / self.log_path.stem)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen([JOURNEY, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
         return self

@@ -114,7 +114,7 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(
     want = expected(messages)
     ensure_topics(settings, tracker_topics(settings))
 
-    first = WorkerProcess(settings, tmp_path / "worker-1.log").start()
+    first = WorkerProcess(settings, tmp_path / "worker-1.log", data_dir=tmp_path / "store").start()
     spawn.append(first)
     first.wait_ready()
 
@@ -137,7 +137,8 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(
     assert first.proc is not None and first.proc.returncode == -signal.SIGKILL
     sender.join()
 
-    second = WorkerProcess(settings, tmp_path / "worker-2.log").start()
+    # The same data directory: the restart reopens the RocksDB store it left.
+    second = WorkerProcess(settings, tmp_path / "worker-2.log", data_dir=first.data_dir).start()
     spawn.append(second)
     second.wait_ready(timeout=180)
     wait_processed(settings, [second])
@@ -153,3 +154,35 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(
     cid = next(iter(want.states))
     status, body = second.get(f"/customers/{cid}")
     assert status == 200 and body == want.states[cid].to_api()
+
+
+def test_workers_joining_and_leaving_mid_stream_lose_nothing(
+    spawn: list[WorkerProcess], tmp_path: Path
+) -> None:
+    """Partitions move twice while events flow: a join, then a graceful leave."""
+    settings = make_settings(tmp_path, store="rocksdb://")
+    messages = generate(1700, seed=13, duplicates=0.05, malformed=0.03, now_ms=NOW_MS)
+    want = expected(messages)
+    ensure_topics(settings, tracker_topics(settings))
+
+    a = WorkerProcess(settings, tmp_path / "worker-a.log").start()
+    spawn.append(a)
+    a.wait_ready()
+    sender = threading.Thread(target=send_all, args=(settings, messages, 1000.0))
+    sender.start()
+    time.sleep(2.0)
+    b = WorkerProcess(settings, tmp_path / "worker-b.log").start()  # join: A gives up partitions
+    spawn.append(b)
+    b.wait_ready(timeout=180)
+    assert sender.is_alive(), "the stream ended before the rebalance; slow the sender down"
+    a.stop()  # graceful leave while events still flow: B takes everything
+    assert a.proc is not None and a.proc.returncode == 0, a.tail()
+    sender.join()
+    wait_processed(settings, [b])
+
+    got = stored_states(settings)
+    assert got == want.states, diff_states(got, want.states)
+    dead, _ = dead_letters(settings)
+    assert dead == want.dead
+    transitions, _ = transition_records(settings)
+    assert set(transitions) == set(want.transitions)

@@ -66,3 +66,30 @@ def test_every_flag_shows_its_environment_variable() -> None:
     result = CliRunner().invoke(main, ["simulate", "--help"])
     for var in ("JOURNEY_SIM_CUSTOMERS", "JOURNEY_SIM_SEED", "JOURNEY_SIM_RATE", "JOURNEY_SIM_DUPLICATES"):
         assert var in result.output
+
+
+def test_a_rocksdb_data_dir_cannot_be_shared_by_two_workers(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    holder = textwrap.dedent(
+        f"""
+        import sys, time
+        from stream.cli import _lock_data_dir
+        from pathlib import Path
+        _lock_data_dir(Path({str(tmp_path)!r}))  # the directory exists: pytest made it
+        print("locked", flush=True)
+        time.sleep(30)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"locked"
+        env = {"JOURNEY_STORE": "rocksdb://", "JOURNEY_DATA_DIR": str(tmp_path)}
+        result = CliRunner().invoke(main, ["worker"], env=env)
+        assert result.exit_code == 1
+        assert f"another worker uses JOURNEY_DATA_DIR={tmp_path}" in result.output
+    finally:
+        proc.kill()
+        proc.wait()
