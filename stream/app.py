@@ -82,7 +82,7 @@ settings = Settings()
 journey_map: JourneyMap = load_map(settings.map_path)
 app = create_app(settings)
 registry = CollectorRegistry()
-metrics = TrackerMetrics.create(registry, journey_map)
+metrics = TrackerMetrics.create(registry)
 
 touchpoints_topic = app.topic(
     settings.touchpoints_topic,

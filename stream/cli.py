@@ -47,7 +47,30 @@ def load_settings() -> Settings:
         _fail("bad settings:\n  " + "\n  ".join(lines), 2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class JourneyGroup(click.Group):
+    """Turns the errors users can act on into one line and an exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from kafka.errors import KafkaError
+
+        try:
+            return super().invoke(ctx)
+        except JourneyError as exc:
+            _fail(str(exc))
+        except KafkaError as exc:
+            broker = Settings().broker if _settings_valid() else "JOURNEY_BROKER"
+            _fail(f"Kafka at {broker}: {exc} (is it running? deploy/local/stack.sh up)")
+
+
+def _settings_valid() -> bool:
+    try:
+        Settings()
+    except ValidationError:
+        return False
+    return True
+
+
+@click.group(cls=JourneyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Real-time customer journey tracker on Kafka."""
 

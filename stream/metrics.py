@@ -1,7 +1,7 @@
 """The worker's Prometheus metrics, built against a registry passed in.
 
-Labels are bounded: outcome, rejection reason (a fixed list), and stage
-names from the map. Never a customer id, an event id or free text.
+Labels are bounded: outcome, rejection reason (a fixed list), and the
+stage names of the map (transitions). Never a customer id, an event id or free text.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter
 
 from models.events import REASONS
-from models.journey_map import JourneyMap
 
 OUTCOMES = ("applied", "duplicate", "rejected", "replayed")
 
@@ -26,7 +25,7 @@ class TrackerMetrics:
     batches: Counter
 
     @classmethod
-    def create(cls, registry: CollectorRegistry, jmap: JourneyMap, prefix: str = "journey") -> TrackerMetrics:
+    def create(cls, registry: CollectorRegistry, prefix: str = "journey") -> TrackerMetrics:
         m = cls(
             events=Counter(
                 f"{prefix}_events",

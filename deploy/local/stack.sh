@@ -122,6 +122,8 @@ kafka_up() {
             { cat "$stack_dir/kafka/logs/format.log" >&2; die "could not format the Kafka log directory"; }
     fi
     say "starting kafka $kafka_version on 127.0.0.1:$kafka_port"
+    # log4j appends: only lines written after this start tell that it is up.
+    wc -l <"$stack_dir/kafka/logs/server.log" 2>/dev/null >"$stack_dir/kafka/logs/start-line" || echo 0 >"$stack_dir/kafka/logs/start-line"
     local cmd
     kafka_cmd kafka.Kafka "$stack_dir/kafka/server.properties"
     nohup "${cmd[@]}" >"$stack_dir/kafka/logs/stdout.log" 2>&1 &
@@ -135,8 +137,8 @@ kafka_wait() {
             tail -30 "$stack_dir/kafka/logs/stdout.log" "$stack_dir/kafka/logs/server.log" 2>/dev/null >&2
             die "kafka exited during start-up (logs: $stack_dir/kafka/logs)"
         }
-        if port_open "$kafka_port" && grep -q "Kafka Server started\|\[KafkaRaftServer nodeId=1\] Kafka Server started" \
-            "$stack_dir/kafka/logs/server.log" 2>/dev/null; then
+        if port_open "$kafka_port" && tail -n "+$(($(cat "$stack_dir/kafka/logs/start-line" 2>/dev/null || echo 0) + 1))" \
+            "$stack_dir/kafka/logs/server.log" 2>/dev/null | grep -q "Kafka Server started"; then
             say "kafka is up on 127.0.0.1:$kafka_port"
             return 0
         fi
