@@ -10,8 +10,9 @@ Web views (port ``JOURNEY_WEB_PORT``, 6066 by default):
 * ``GET /customers/{customer_id}``: the customer's state, from whichever
   worker owns the customer's partition (Faust forwards the request there);
   404 for a customer never seen.
-* ``GET /health``: 200 with the partitions this worker actively owns once it
-  owns any and is not rebalancing, 503 before that.
+* ``GET /health``: 200 with the partitions this worker actively owns (and the
+  consumer group generation) once it owns any and is not rebalancing, 503
+  before that.
 * ``GET /metrics``: Prometheus text format.
 """
 
@@ -131,7 +132,13 @@ class HealthView(View):
     async def get(self, request: Request) -> Response:
         owned = active_partitions()
         ready = bool(owned) and not app.rebalancing
-        body: dict[str, Any] = {"ready": ready, "partitions": owned, "rebalancing": app.rebalancing}
+        body: dict[str, Any] = {
+            "ready": ready,
+            "partitions": owned,
+            "rebalancing": app.rebalancing,
+            # Changes with every rebalance of the consumer group.
+            "generation": app.consumer_generation_id,
+        }
         return self.json(body, status=200 if ready else 503)
 
 

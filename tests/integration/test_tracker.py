@@ -37,6 +37,23 @@ def send_all(settings: Settings, messages: list[SimMessage], rate: float = 0.0) 
         prod.close()
 
 
+def wait_settled(settings: Settings, workers: list[WorkerProcess], timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    hold = settings.session_timeout_s + 3.0
+    last: list[tuple[int, list[int]]] | None = None
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        seen = [(h["generation"], h["partitions"]) for h in (w.wait_ready() for w in workers)]
+        complete = sorted(p for _, ps in seen for p in ps) == list(range(settings.partitions))
+        same_generation = len({g for g, _ in seen}) == 1
+        if seen != last or not (complete and same_generation):
+            last, since = seen, time.monotonic()
+        elif time.monotonic() - since >= hold:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the group did not settle: {last}")
+
+
 def metric(worker: WorkerProcess, name: str, **labels: str) -> float:
     import urllib.request
 
@@ -60,16 +77,12 @@ def test_ten_thousand_events_equal_the_fold(
     a = WorkerProcess(settings, tmp_path / "worker-a.log").start()
     b = WorkerProcess(settings, tmp_path / "worker-b.log").start()
     spawn += [a, b]
-    # Produce only once both own partitions: a rebalance mid-stream is the
-    # crash test's subject, and would (correctly) repeat some dead letters.
-    deadline = time.monotonic() + 120
-    while True:
-        ha, hb = a.wait_ready(), b.wait_ready()
-        if sorted(ha["partitions"] + hb["partitions"]) == list(range(settings.partitions)):
-            break
-        assert time.monotonic() < deadline, (ha, hb)
-        time.sleep(1)
-
+    # Produce only once the group is settled: both own partitions, the same
+    # ones, for longer than a session timeout (a member id orphaned by a
+    # worker's start-up join expires after one and triggers another
+    # rebalance). A rebalance mid-stream is the other tests' subject; here it
+    # would (correctly) repeat some dead letters and spoil the exact counts.
+    wait_settled(settings, [a, b])
     send_all(settings, messages)
     wait_processed(settings, [a, b])
 
