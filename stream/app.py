@@ -29,8 +29,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from models.journey_map import JourneyMap, load_map
 from models.state import CustomerState, state_from_dict, state_to_dict
+from stream.faust_compat import install_commit_fix
 from stream.metrics import TrackerMetrics
 from stream.settings import Settings
+
+# Faust's offset commit can crawl after a rebalance; see faust_compat.
+install_commit_fix()
 
 
 def encode_stored(offset: int, state: CustomerState) -> bytes:

@@ -177,12 +177,8 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> Itera
         consumer.close()
 
 
-def group_lag(settings: Settings, group: str, topic: str) -> int | None:
-    """Messages of ``topic`` not yet committed by ``group``; None if it has not committed.
-
-    Reads committed offsets with the group id but never joins the group
-    (no subscribe, no poll), so it does not disturb the workers.
-    """
+def group_offsets(settings: Settings, group: str, topic: str) -> dict[int, tuple[int | None, int]]:
+    """Per partition of ``topic``: the offset ``group`` committed (None: none yet) and the end offset."""
     consumer = KafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         group_id=group,
@@ -190,12 +186,20 @@ def group_lag(settings: Settings, group: str, topic: str) -> int | None:
         client_id="journey-lag",
     )
     try:
-        parts = _partitions(consumer, topic)
-        tps = [TopicPartition(topic, p) for p in parts]
+        tps = [TopicPartition(topic, p) for p in _partitions(consumer, topic)]
         ends = consumer.end_offsets(tps)
-        committed = {tp: consumer.committed(tp) for tp in tps}
-        if all(c is None for c in committed.values()):
-            return None
-        return sum(max(0, ends[tp] - (committed[tp] or 0)) for tp in tps)
+        return {tp.partition: (consumer.committed(tp), ends[tp]) for tp in tps}
     finally:
         consumer.close()
+
+
+def group_lag(settings: Settings, group: str, topic: str) -> int | None:
+    """Messages of ``topic`` not yet committed by ``group``; None if it has not committed.
+
+    Reads committed offsets with the group id but never joins the group
+    (no subscribe, no poll), so it does not disturb the workers.
+    """
+    offsets = group_offsets(settings, group, topic)
+    if all(committed is None for committed, _ in offsets.values()):
+        return None
+    return sum(max(0, end - (committed or 0)) for committed, end in offsets.values())

@@ -25,7 +25,7 @@ import orjson
 
 from models import CustomerState, Rejection, Touchpoint, Transition, fold_customer, load_map, parse_touchpoint
 from stream.app import decode_stored
-from stream.kafka_tools import Record, group_lag, read_topic
+from stream.kafka_tools import Record, group_lag, group_offsets, read_topic
 from stream.settings import Settings
 from stream.simulator import SimMessage
 
@@ -144,8 +144,10 @@ def wait_processed(settings: Settings, workers: Iterable[WorkerProcess], timeout
         else:
             zero_since = None
         time.sleep(0.5)
+    offsets = group_offsets(settings, settings.app_id, settings.touchpoints_topic)
+    behind = {p: f"committed {c}, end {e}" for p, (c, e) in sorted(offsets.items()) if c != e}
     logs = "\n".join(w.tail() for w in workers)
-    raise AssertionError(f"touchpoints not all committed after {timeout} s:\n{logs}")
+    raise AssertionError(f"touchpoints not all committed after {timeout} s: {behind}\n{logs}")
 
 
 def stored_states(settings: Settings) -> dict[str, CustomerState]:

@@ -56,3 +56,65 @@ def test_stores_take_persisted_offsets() -> None:
 
     assert callable(memory.Store.set_persisted_offset)
     assert callable(rocksdb.Store.set_persisted_offset)
+
+
+def consumer_state(acked: list[int], committed: int | None, gaps: list[tuple[int, int]] = ()) -> Any:  # type: ignore[assignment]
+    from collections import defaultdict
+
+    from faust.types import TP
+    from intervaltree import IntervalTree
+
+    tp = TP("t", 0)
+    state = SimpleNamespace(
+        _acked=defaultdict(list, {tp: list(acked)}),
+        _acked_index=defaultdict(set, {tp: set(acked)}),
+        _gap=defaultdict(IntervalTree, {tp: IntervalTree.from_tuples(gaps)} if gaps else {}),
+        _committed_offset=defaultdict(lambda: None, {tp: committed}),
+    )
+    return state, tp
+
+
+def test_duplicated_acks_no_longer_make_the_commit_crawl() -> None:
+    from stream.faust_compat import _new_offset
+
+    # What the rebalance test showed: offsets acked twice, committed 1684.
+    acked = [o for o in range(1683, 1700) for _ in (0, 1)]
+    state, tp = consumer_state(acked, committed=1684)
+    assert _new_offset(state, tp) == 1700  # Faust's own gave 1684: one offset per interval
+    assert state._acked[tp] == []
+
+
+def test_same_answers_as_faust_without_duplicates() -> None:
+    from stream.faust_compat import _new_offset, faust_new_offset
+
+    cases: list[tuple[list[int], int | None, list[tuple[int, int]], int | None, list[int]]] = [
+        ([5, 6, 7, 9, 10], 5, [], 8, [9, 10]),  # stops at the gap
+        ([8, 9], 5, [], None, [8, 9]),  # a head gap: nothing to commit
+        ([6, 7, 13], 5, [(8, 12)], 12, [13]),  # a known gap inside the acked range is filled in
+        ([3, 4], None, [], 5, []),  # nothing committed yet
+    ]
+    for acked, committed, gaps, want, left in cases:
+        ours, tp = consumer_state(acked, committed, gaps)
+        theirs, _ = consumer_state(acked, committed, gaps)
+        assert _new_offset(ours, tp) == faust_new_offset(theirs, tp) == want
+        assert ours._acked[tp] == theirs._acked[tp] == left
+
+
+def test_the_fix_is_installed_and_faust_still_has_the_original_shape() -> None:
+    import inspect
+
+    from faust.transport import consumer
+
+    import stream.app  # noqa: F401  (installs the fix)
+    from stream.faust_compat import _new_offset
+
+    assert consumer.Consumer._new_offset is _new_offset
+    original = inspect.getsource(consumer).split("def _new_offset(self, tp: TP)")[1].split("    def ")[0]
+    for line in (
+        "acked.extend(stuff_to_add)",
+        "acked.sort()",
+        "if min(acked) - committed_offset > 1:",
+        "batch = next(consecutive_numbers(acked))",
+        "return batch[-1] + 1",
+    ):
+        assert line in original, line
