@@ -177,7 +177,6 @@ async def publish_and_store(result: BatchResult) -> None:
                 out.add(settings.transitions_topic, partition, key, orjson.dumps(t.to_record()))
     await out.send()
 
-    table = journey.customers
     changelog = PartitionBatches(producer)
     writes: list[tuple[EventT, bytes, bytes]] = []
     for cid, fold in result.folds.items():
@@ -189,7 +188,7 @@ async def publish_and_store(result: BatchResult) -> None:
         changelog.add(settings.changelog_topic, ev.message.partition, key, value)
     written = await changelog.send()
 
-    store: StoreT = table.data  # type: ignore[assignment]  # Faust types .data as a mapping
+    store: StoreT = journey.customers.data  # type: ignore[assignment]  # Faust types .data as a mapping
     for ev, key, value in writes:
         # The store picks the RocksDB shard from the current event; in a
         # batch that must be this customer's own event.

@@ -1,7 +1,8 @@
 """Per-customer journey state and stage transitions, with their encodings.
 
-State is a frozen value; the reducer returns a new one per applied event. The
-table stores it as compact orjson (:func:`encode_state`); the web API shows it
+State is a frozen value; the reducer returns a new one per applied event.
+:func:`state_to_dict` gives its compact storage form (the worker's table adds
+the source offset to it, ``stream.app.encode_stored``); the web API shows it
 with ISO-8601 times (:meth:`CustomerState.to_api`).
 """
 

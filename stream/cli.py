@@ -58,16 +58,11 @@ class JourneyGroup(click.Group):
         except JourneyError as exc:
             _fail(str(exc))
         except KafkaError as exc:
-            broker = Settings().broker if _settings_valid() else "JOURNEY_BROKER"
+            try:
+                broker = Settings().broker
+            except ValidationError:
+                broker = "JOURNEY_BROKER"
             _fail(f"Kafka at {broker}: {exc} (is it running? deploy/local/stack.sh up)")
-
-
-def _settings_valid() -> bool:
-    try:
-        Settings()
-    except ValidationError:
-        return False
-    return True
 
 
 @click.group(cls=JourneyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -243,15 +238,10 @@ def stage_counts(settings: Settings) -> tuple[Counter[str], str | None]:
     """Customers per stage from the latest value of each key in the changelog,
     and the id of the customer updated last (an example to look up)."""
     from stream.app import decode_stored
-    from stream.kafka_tools import read_topic
+    from stream.kafka_tools import latest_values
 
-    latest: dict[bytes, bytes | None] = {}
-    last: bytes | None = None
-    for rec in read_topic(settings, settings.changelog_topic):
-        if rec.key is not None:
-            latest[rec.key] = rec.value
-            last = rec.key
-    counts = Counter(decode_stored(v)[1].stage for v in latest.values() if v is not None)
+    latest, last = latest_values(settings, settings.changelog_topic)
+    counts = Counter(decode_stored(v)[1].stage for v in latest.values())
     return counts, last.decode() if last is not None else None
 
 

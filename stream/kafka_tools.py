@@ -23,7 +23,6 @@ class TopicSpec:
     name: str
     partitions: int
     replication: int = 1
-    compacted: bool = False
 
 
 def tracker_topics(settings: Settings) -> list[TopicSpec]:
@@ -83,15 +82,7 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec], timeout_s: float =
                 )
         missing = [s for s in specs if s.name not in counts]
         if missing:
-            new = [
-                NewTopic(
-                    s.name,
-                    s.partitions,
-                    s.replication,
-                    topic_configs={"cleanup.policy": "compact"} if s.compacted else {},
-                )
-                for s in missing
-            ]
+            new = [NewTopic(s.name, s.partitions, s.replication) for s in missing]
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
                 client.create_topics(new)
         deadline = time.monotonic() + timeout_s
@@ -175,6 +166,22 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> Itera
                     todo.discard(tp)
     finally:
         consumer.close()
+
+
+def latest_values(settings: Settings, topic: str) -> tuple[dict[bytes, bytes], bytes | None]:
+    """The latest value of each key in a compacted topic (tombstones drop the key),
+    and the key written last."""
+    latest: dict[bytes, bytes] = {}
+    last: bytes | None = None
+    for rec in read_topic(settings, topic):
+        if rec.key is None:
+            continue
+        last = rec.key
+        if rec.value is None:
+            latest.pop(rec.key, None)
+        else:
+            latest[rec.key] = rec.value
+    return latest, last
 
 
 def group_offsets(settings: Settings, group: str, topic: str) -> dict[int, tuple[int | None, int]]:

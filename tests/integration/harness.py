@@ -25,7 +25,7 @@ import orjson
 
 from models import CustomerState, Rejection, Touchpoint, Transition, fold_customer, load_map, parse_touchpoint
 from stream.app import decode_stored
-from stream.kafka_tools import Record, group_lag, group_offsets, read_topic
+from stream.kafka_tools import Record, group_lag, group_offsets, latest_values, read_topic
 from stream.settings import Settings
 from stream.simulator import SimMessage
 
@@ -152,11 +152,8 @@ def wait_processed(settings: Settings, workers: Iterable[WorkerProcess], timeout
 
 def stored_states(settings: Settings) -> dict[str, CustomerState]:
     """The latest state per customer in the table's changelog."""
-    latest: dict[bytes, bytes | None] = {}
-    for rec in read_topic(settings, settings.changelog_topic):
-        assert rec.key is not None
-        latest[rec.key] = rec.value
-    return {k.decode(): decode_stored(v)[1] for k, v in latest.items() if v is not None}
+    latest, _ = latest_values(settings, settings.changelog_topic)
+    return {k.decode(): decode_stored(v)[1] for k, v in latest.items()}
 
 
 def changelog_records(settings: Settings) -> list[Record]:
