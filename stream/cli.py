@@ -119,14 +119,16 @@ def worker() -> None:
 
     from faust.worker import Worker
 
-    import agents.touchpoints  # noqa: F401  (registers the agent)
-    from stream import app as journey
+    from agents.touchpoints import attach
+    from stream import web
+    from stream.faust_compat import disable_spinner
+    from stream.runtime import build
 
-    runner = Worker(journey.app, loglevel=settings.log_level.lower())
-    # Faust's terminal spinner sets the root logger to DEBUG (so it can spin
-    # on every record) whenever the level is WARNING or above: every Kafka
-    # produce then builds a debug log record, about 10% of the worker's time.
-    runner.spinner = None
+    rt = build(settings)
+    attach(rt)
+    web.register(rt)
+    runner = Worker(rt.app, loglevel=settings.log_level.lower())
+    disable_spinner(runner)
     runner.execute_from_commandline()
 
 
@@ -237,7 +239,7 @@ def emit(source: click.utils.LazyFile) -> None:
 def stage_counts(settings: Settings) -> tuple[Counter[str], str | None]:
     """Customers per stage from the latest value of each key in the changelog,
     and the id of the customer updated last (an example to look up)."""
-    from stream.app import decode_stored
+    from stream.codec import decode_stored
     from stream.kafka_tools import latest_values
 
     latest, last = latest_values(settings, settings.changelog_topic)

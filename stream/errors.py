@@ -1,4 +1,6 @@
-"""Errors of the streaming side."""
+"""Errors of the streaming side, each named for the guard that raises it."""
+
+from __future__ import annotations
 
 from models.errors import JourneyError
 
@@ -9,3 +11,28 @@ class StreamError(JourneyError):
 
 class TopicMismatch(StreamError):
     """An existing topic does not have the partition count the tracker needs."""
+
+
+class StoredFormatError(StreamError):
+    """A table value this version cannot read (an unknown format version, say)."""
+
+
+class OffsetWentBackwards(StreamError):
+    """A partition handed the worker an offset at or below one it already saw in
+    the same fetch: the batch path's ordering guarantee is broken."""
+
+    def __init__(self, topic: str, partition: int, previous: int, offset: int) -> None:
+        self.topic, self.partition, self.previous, self.offset = topic, partition, previous, offset
+        super().__init__(f"{topic}[{partition}]: offset {offset} came after {previous} in one fetch")
+
+
+class RecordTooLarge(StreamError):
+    """A record does not fit in one producer batch."""
+
+
+class UnsupportedFaust(StreamError):
+    """The installed faust-streaming is outside the versions ``stream.faust_compat`` was built for."""
+
+
+class PartitionStalled(StreamError):
+    """An owned partition has lag and made no progress for too long (the watchdog's verdict)."""

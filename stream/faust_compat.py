@@ -1,69 +1,289 @@
 """The one place that reaches into Faust internals, and why.
 
-A Faust table picks the changelog partition (and the RocksDB shard) of a
-write from the *current event*, a context variable the stream sets per event.
-Inside a ``take_events`` batch that is whichever event arrived last, so a
-batch writing many customers must name each customer's own event first.
+The tracker stays a Faust app: Faust runs group membership, the assignor,
+table recovery and standbys, changelog topics, the offset commit timer and
+the web server. What it does not use is Faust's per-message delivery for the
+input topic (an Event, a Stream, a queue put and a ``wait_first`` task race
+per record: most of the worker's time, and the source of the bugs below).
 
-``Stream._set_current_event`` would do it, but it also sets
-``stream.current_event``, which ``take_events`` reads to record the next
-buffered event: calling it from the agent made the buffer record a stale
-event in place of a new one, and that event was lost (caught by the
-integration test). Setting only the context variable, from the batch's own
-task (its context is a copy), changes nothing the stream reads.
+:func:`batch_consumer_class` subclasses the transport's consumer and changes
+four methods, each a copy of Faust 0.15's with the change said in its
+docstring:
 
-:func:`install_commit_fix` replaces ``Consumer._new_offset`` with a version
-that de-duplicates acked offsets: after some rebalances Faust's own version
-advanced the commit by one offset per interval (its docstring says why).
+* ``_drain_messages``: records of the batch topics go, as whole fetched
+  batches per partition, to one handler; its batch counts as an unacked
+  message, so Faust's own ``wait_empty`` waits for it before a rebalance or a
+  shutdown gives up partitions. Records of other topics (table changelogs
+  during recovery and standby) take Faust's path as before.
+* ``_new_offset``: for batch topics, the commit offset is the position after
+  the last fully processed batch of the partition, kept here per partition;
+  for other topics Faust's, with duplicate acks removed (faust#559).
+* ``_commit_offsets``: Faust marks offsets committed even when the commit
+  failed (a broker outage): after that they are never committed again and the
+  group's offsets stay behind while the worker looks healthy. Ours restores
+  the previous committed offsets when the commit did not go through.
+* ``on_partitions_revoked`` and ``perform_seek``: keep the per-partition
+  positions and the lifecycle in step with the assignment.
 
-The worker also produces whole batches (``stream/batching.py``) through the
-aiokafka producer Faust already runs, so the same connection, acks setting
-and ``flush()`` before commit cover them: :func:`aiokafka_producer` fetches
-it.
-
-``tests/stream/test_faust_compat.py`` breaks if Faust renames what this uses.
+Also here: the table store read and written per partition (Faust's stores
+pick the partition from a "current event" that a batch path does not have),
+the aiokafka producer Faust runs, the spinner switch, the actively assigned
+partitions, and the version guard. ``tests/stream/test_faust_compat.py``
+breaks if Faust moves what this relies on. ``docs/upstream/`` writes up the
+Faust bugs fixed here.
 """
 
 from __future__ import annotations
 
-import weakref
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 import faust
 from aiokafka import AIOKafkaProducer
-from faust.streams import _current_event, current_event
 from faust.transport.consumer import Consumer
-from faust.types import TP, EventT
+from faust.types import TP
 from faust.utils.functional import consecutive_numbers
+from mode.utils.futures import notify
+
+from stream.errors import OffsetWentBackwards, UnsupportedFaust
+from stream.lifecycle import PartitionLifecycle
+
+log = logging.getLogger(__name__)
+
+# The faust-streaming releases this module was written against and tested
+# with. Its methods are copies of 0.15's: a new minor release must be read
+# before it is allowed (pyproject.toml pins the same range).
+SUPPORTED_FAUST: Final = ((0, 15, 2), (0, 16, 0))
 
 
-def use_event_for_table_writes(event: EventT) -> None:
-    """Make ``event`` the current event for table writes in this task's context."""
-    _current_event.set(weakref.ref(event))
+def faust_version() -> tuple[int, int, int]:
+    parts = (faust.__version__.split("+")[0].split(".") + ["0", "0"])[:3]
+    return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)  # type: ignore[return-value]
 
 
-def aiokafka_producer(app: faust.App) -> AIOKafkaProducer:
-    """The started aiokafka producer under Faust's producer service."""
-    producer: AIOKafkaProducer = app.producer._ensure_producer()  # type: ignore[attr-defined]
-    return producer
+def check_faust_version() -> None:
+    low, high = SUPPORTED_FAUST
+    if not (low <= faust_version() < high):
+        raise UnsupportedFaust(
+            f"faust-streaming {faust.__version__} is installed; stream/faust_compat.py supports "
+            f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
+        )
 
 
-# Faust's own, kept for comparison in the tests.
-faust_new_offset = Consumer._new_offset
+BatchHandler = Callable[["Fetch"], Awaitable[None]]
 
 
-def _new_offset(self: Consumer, tp: TP) -> int | None:
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """One fetch's records of the batch topic: partition -> records in offset order."""
+
+    topic: str
+    records: Mapping[int, Sequence[Any]]  # aiokafka ConsumerRecords
+    generation: int
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.records.values())
+
+
+class _InFlight:
+    """Stands for a batch being processed among Faust's unacked messages, so that
+    ``Consumer.wait_empty`` (rebalance, shutdown) waits for it."""
+
+    __slots__ = ("__weakref__", "acked", "refcount")
+
+    def __init__(self) -> None:
+        self.acked = False
+        self.refcount = 1
+
+
+@dataclass
+class BatchRoute:
+    """Where the batch topic's records go, and what the consumer knows of them."""
+
+    topic: str
+    handler: BatchHandler
+    lifecycle: PartitionLifecycle
+    on_fatal: Callable[[BaseException], None]
+    positions: dict[int, int] = field(default_factory=dict)  # partition -> next offset to commit
+    epochs: dict[int, int] = field(default_factory=dict)  # partition -> revocations seen
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
+            self.positions.pop(p, None)
+            self.epochs[p] = self.epochs.get(p, 0) + 1
+
+
+def check_order(topic: str, partition: int, records: Sequence[Any]) -> None:
+    """Raise :class:`OffsetWentBackwards` unless offsets strictly increase."""
+    prev = -1
+    for rec in records:
+        if rec.offset <= prev:
+            raise OffsetWentBackwards(topic, partition, prev, rec.offset)
+        prev = rec.offset
+
+
+def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consumer]:
+    """The transport's consumer class with the batch path for ``route.topic``."""
+
+    class BatchConsumer(base):  # type: ignore[valid-type,misc]
+        journey_route = route
+
+        async def _drain_messages(self, fetcher: Any) -> None:
+            """Faust's ``_drain_messages`` with whole batches for the batch topic.
+
+            Faust's loop compares each offset with a per-partition "read
+            offset" that rebalances leave stale; a jump counts as a gap that
+            is later committed as if processed, and a record below it is
+            dropped. Neither happens here for the batch topic: a fetch is
+            handed on as it came, the commit position moves only after the
+            handler has finished with it, and a rebalance seeks back to the
+            committed offset (replays are skipped by the handler).
+            """
+            consumer_stopped = self._stopped.is_set
+            fetcher_stopped = fetcher._stopped.is_set
+            topic = route.topic
+            try:
+                while not (consumer_stopped() or fetcher_stopped()):
+                    records, active = await self._wait_next_records(1.0)
+                    if not records or self.should_stop:
+                        await asyncio.sleep(0)
+                        continue
+                    if not self.flow_active:
+                        # As Faust's getmany: records fetched while the flow was
+                        # stopped may predate a seek; go back to the committed offsets.
+                        try:
+                            await self.perform_seek()
+                        except Exception as exc:
+                            log.warning("seek to committed offsets failed: %r", exc)
+                        continue
+                    generation = self.app.consumer_generation_id
+                    ours: dict[int, Sequence[Any]] = {}
+                    for tp, recs in records.items():
+                        if active is not None and tp not in active and tp not in self._buffered_partitions:
+                            continue
+                        end = self.highwater(tp)
+                        self.app.monitor.track_tp_end_offset(tp, end)
+                        if tp.topic == topic:
+                            check_order(topic, tp.partition, recs)
+                            ours[tp.partition] = recs
+                            route.lifecycle.fetched(tp.partition, recs[-1].offset + 1, end)
+                        else:
+                            await self._deliver_one_by_one(tp, recs, generation)
+                    if ours:
+                        await self._run_batch(Fetch(topic, ours, generation))
+            except self.consumer_stopped_errors:
+                if self.transport.app.should_stop:
+                    log.info("Broker stopped consumer, shutting down...")
+                    return
+                raise
+            except asyncio.CancelledError:
+                if self.transport.app.should_stop:
+                    log.info("Consumer shutting down for user cancel.")
+                    return
+                raise
+
+        async def _deliver_one_by_one(self, tp: TP, recs: Sequence[Any], generation: int) -> None:
+            """Faust's own per-message delivery, for topics other than the batch topic."""
+            read_offset = self._read_offset
+            for rec in recs:
+                if not self.flow_active or self.app.consumer_generation_id != generation:
+                    return
+                message = self._to_message(tp, rec)
+                r_offset = read_offset[tp]
+                if r_offset is None or message.offset >= r_offset:
+                    if (
+                        r_offset
+                        and message.offset - r_offset > 1
+                        and self.app.topics.acks_enabled_for(message.topic)
+                    ):
+                        await self._add_gap(tp, r_offset + 1, message.offset)
+                    await self.wait_first(self.callback(message), self.suspend_flow.wait())
+                    read_offset[tp] = message.offset
+
+        async def _run_batch(self, fetch: Fetch) -> None:
+            """Process one fetch to the end, even when cancelled, then move the positions."""
+            marker = _InFlight()
+            self._unacked_messages.add(marker)
+            epochs = {p: route.epochs.get(p, 0) for p in fetch.records}
+            task = asyncio.ensure_future(route.handler(fetch))
+            cancelled = False
+            try:
+                try:
+                    await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    cancelled = True  # a shutdown: finish the batch first, then stop
+                    await task
+            except Exception as exc:
+                route.on_fatal(exc)
+                raise
+            finally:
+                marker.acked = True
+                self._unacked_messages.discard(marker)
+                notify(self._waiting_for_ack)
+            for p, recs in fetch.records.items():
+                if route.epochs.get(p, 0) != epochs[p]:
+                    continue  # revoked meanwhile: the new owner replays from the committed offset
+                position = recs[-1].offset + 1
+                route.positions[p] = position
+                self._acked[TP(fetch.topic, p)]  # noqa: B018  (the key makes Faust consider the tp)
+                route.lifecycle.processed(p, position)
+            if cancelled:
+                raise asyncio.CancelledError
+
+        def _new_offset(self, tp: TP) -> int | None:
+            """The commit offset: the processed position for the batch topic."""
+            if tp.topic != route.topic:
+                return _dedup_new_offset(self, tp)
+            position = route.positions.get(tp.partition)
+            committed = self._committed_offset[tp]
+            if position is None or (committed is not None and position <= committed):
+                return None
+            return position
+
+        async def _commit_offsets(
+            self, offsets: Mapping[TP, int], start_new_transaction: bool = True
+        ) -> bool:
+            """Faust's, but a failed commit leaves the committed offsets as they were."""
+            before = {tp: self._committed_offset.get(tp) for tp in offsets}
+            did_commit = bool(await super()._commit_offsets(offsets, start_new_transaction))
+            if did_commit:
+                for tp, offset in offsets.items():
+                    if tp.topic == route.topic:
+                        route.lifecycle.committed(tp.partition, offset)
+            else:
+                for tp, offset in before.items():
+                    if offset is None:
+                        self._committed_offset.pop(tp, None)
+                    else:
+                        self._committed_offset[tp] = offset
+            return did_commit
+
+        async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+            route.revoke(tp.partition for tp in revoked if tp.topic == route.topic)
+            await super().on_partitions_revoked(revoked)
+
+        async def perform_seek(self) -> None:
+            await super().perform_seek()
+            for tp, offset in list(self._committed_offset.items()):
+                if tp.topic == route.topic and offset is not None:
+                    route.lifecycle.committed(tp.partition, offset)
+
+    return BatchConsumer
+
+
+def _dedup_new_offset(self: Consumer, tp: TP) -> int | None:
     """``Consumer._new_offset`` of faust-streaming 0.15, with duplicates removed.
 
-    Faust records an offset jump seen by its drain loop as a "gap" and later
-    adds the whole range to the partition's acked offsets. After a rebalance
-    the drain loop compares against a stale read offset, so real records are
-    taken for a gap, re-fetched, and acked a second time. The original sorts
-    the acked list and commits up to the end of its first run of consecutive
-    numbers, and a duplicate ends that run: the commit then crawls one
-    offset per commit interval (seen here: 960 acked offsets behind, about
-    45 minutes to catch up). The only change is that the list is
-    de-duplicated before the run is taken; ``test_faust_compat.py`` pins the
-    original's shape so an upgrade that changes it is noticed.
+    Faust records an offset jump seen by its drain loop as a "gap" whose range
+    includes the record that ended it, and later adds the range to the
+    partition's acked offsets; that record is acked again when processed.
+    The original sorts the acked list and commits up to the end of its first
+    run of consecutive numbers, and a duplicate ends that run: the commit
+    then crawls one offset per commit interval. The only change is that the
+    list is de-duplicated before the run is taken.
     """
     acked = self._acked[tp]
     if not acked:
@@ -89,9 +309,112 @@ def _new_offset(self: Consumer, tp: TP) -> int | None:
     return int(batch[-1]) + 1
 
 
-def install_commit_fix() -> None:
-    """Replace ``Consumer._new_offset`` with the de-duplicating version (idempotent)."""
-    Consumer._new_offset = _new_offset  # type: ignore[method-assign]
+# Faust's own, kept for comparison in the tests.
+faust_new_offset = Consumer._new_offset
 
 
-__all__ = ["aiokafka_producer", "current_event", "install_commit_fix", "use_event_for_table_writes"]
+def install_batch_path(app: faust.App, route: BatchRoute) -> None:
+    """Make ``app``'s consumer deliver ``route.topic`` in batches, and tie the
+    lifecycle to Faust's rebalance signals. Call before the worker starts."""
+    check_faust_version()
+    transport: Any = app.transport
+    transport.Consumer = batch_consumer_class(transport.Consumer, route)
+    lifecycle = route.lifecycle
+
+    def ours(tps: Iterable[TP]) -> list[int]:
+        return [tp.partition for tp in tps if tp.topic == route.topic]
+
+    async def _assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
+        lifecycle.assigned(p for p in ours(app.assignor.assigned_actives()))
+
+    async def _recovered(app: faust.App, **kwargs: Any) -> None:
+        lifecycle.recovered()
+
+    async def _revoked(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
+        # Sent after wait_empty: the last batch holding them has finished.
+        lifecycle.revoked(ours(revoked))
+
+    app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
+    app.on_rebalance_complete.connect(_recovered)  # type: ignore[arg-type]
+    app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
+
+
+def active_partitions(app: faust.App, topic: str) -> list[int]:
+    """Partitions of ``topic`` this worker actively owns (not standby)."""
+    return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
+
+
+def aiokafka_producer(app: faust.App) -> AIOKafkaProducer:
+    """The started aiokafka producer under Faust's producer service."""
+    producer: AIOKafkaProducer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+    return producer
+
+
+def disable_spinner(worker: Any) -> None:
+    """Faust's terminal spinner sets the root logger to DEBUG (so it can spin on
+    every record) whenever the level is WARNING or above: every Kafka produce
+    then builds a debug log record, about 10% of the worker's time."""
+    worker.spinner = None
+
+
+class TableStore:
+    """A table's local store, read and written per partition.
+
+    Faust's stores pick the partition (the RocksDB shard) from the current
+    event, for reads as well as writes; the batch path knows the partition of
+    every customer and says so instead. Writes also record the changelog
+    offset, as Faust's own changelog callback does, so that recovery after a
+    restart reads the changelog from there on.
+    """
+
+    def __init__(self, table: Any, changelog_topic: str) -> None:
+        self._table = table
+        self._changelog_topic = changelog_topic
+
+    @property
+    def _store(self) -> Any:
+        return self._table.data
+
+    def _rocksdb(self) -> bool:
+        return hasattr(self._store, "_db_for_partition")
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        store = self._store
+        if self._rocksdb():
+            value: bytes | None = store._db_for_partition(partition).get(key)
+            return value
+        return store.data.get(key)
+
+    def write(
+        self, partition: int, items: Sequence[tuple[bytes, bytes]], changelog_offset: int | None
+    ) -> None:
+        """Store ``items`` of one partition, then the changelog offset they reached."""
+        store = self._store
+        if self._rocksdb():
+            import rocksdict
+
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for key, value in items:
+                batch.put(key, value)
+            store._db_for_partition(partition).write(batch)
+            index = store._key_index
+        else:
+            store.data.update(items)
+            index = store._key_partition
+        for key, _ in items:
+            index[key] = partition
+        if changelog_offset is not None:
+            store.set_persisted_offset(TP(self._changelog_topic, partition), changelog_offset)
+
+
+__all__ = [
+    "BatchRoute",
+    "Fetch",
+    "TableStore",
+    "active_partitions",
+    "aiokafka_producer",
+    "batch_consumer_class",
+    "check_faust_version",
+    "disable_spinner",
+    "install_batch_path",
+]

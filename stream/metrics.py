@@ -1,31 +1,67 @@
 """The worker's Prometheus metrics, built against a registry passed in.
 
-Labels are bounded: outcome, rejection reason (a fixed list), and the
-stage names of the map (transitions). Never a customer id, an event id or free text.
+Labels are bounded: outcome, rejection reason (a fixed list), the stage
+names of the map, and partition numbers of the input topic. Never a
+customer id, an event id or free text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from models.events import REASONS
+from stream.lifecycle import PartitionLifecycle
 
 OUTCOMES = ("applied", "duplicate", "rejected", "replayed")
+PROBLEMS = ("stalled", "commit_stalled")
+
+
+class PartitionCollector(Collector):
+    """Per owned partition, read from the lifecycle at scrape time."""
+
+    def __init__(self, lifecycle: PartitionLifecycle, prefix: str) -> None:
+        self._lifecycle = lifecycle
+        self._prefix = prefix
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lag = GaugeMetricFamily(
+            f"{self._prefix}_consumer_lag",
+            "Records of the input topic behind the end of the log, per owned partition",
+            labels=["partition"],
+        )
+        commit_lag = GaugeMetricFamily(
+            f"{self._prefix}_commit_lag",
+            "Records processed but not yet committed, per owned partition",
+            labels=["partition"],
+        )
+        for p, pr in sorted(self._lifecycle.progress.items()):
+            if pr.lag is not None:
+                lag.add_metric([str(p)], pr.lag)
+            commit_lag.add_metric([str(p)], pr.commit_lag)
+        yield lag
+        yield commit_lag
 
 
 @dataclass(frozen=True)
 class TrackerMetrics:
-    """Counters the touchpoints agent updates once per batch."""
+    """Counters the touchpoints agent updates once per batch, and the watchdog's."""
 
     events: Counter
     rejected: Counter
     transitions: Counter
     batches: Counter
+    partition_problems: Counter
+    ready: Gauge
 
     @classmethod
-    def create(cls, registry: CollectorRegistry, prefix: str = "journey") -> TrackerMetrics:
+    def create(
+        cls, registry: CollectorRegistry, lifecycle: PartitionLifecycle, prefix: str = "journey"
+    ) -> TrackerMetrics:
         m = cls(
             events=Counter(
                 f"{prefix}_events",
@@ -46,10 +82,25 @@ class TrackerMetrics:
                 registry=registry,
             ),
             batches=Counter(f"{prefix}_batches", "Batches folded by the worker", registry=registry),
+            partition_problems=Counter(
+                f"{prefix}_partition_problems",
+                "Owned partitions found with lag and no progress (stalled) or with processed "
+                "records not committed (commit_stalled) for longer than JOURNEY_STALL_UNREADY_S",
+                ["problem"],
+                registry=registry,
+            ),
+            ready=Gauge(
+                f"{prefix}_worker_ready",
+                "1 when the worker owns partitions, is not rebalancing and none is stalled",
+                registry=registry,
+            ),
         )
         # Initialise every label combination up front so dashboards see zeros.
         for outcome in OUTCOMES:
             m.events.labels(outcome)
         for reason in REASONS:
             m.rejected.labels(reason)
+        for problem in PROBLEMS:
+            m.partition_problems.labels(problem)
+        registry.register(PartitionCollector(lifecycle, prefix))
         return m

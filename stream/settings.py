@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,8 +39,25 @@ class Settings(BaseSettings):
     dlq_topic: str = Field("touchpoints-dlq", description="Dead-letter topic for refused events")
     map_path: Path | None = Field(None, description="Journey map YAML; unset: the shipped default map")
     max_event_bytes: int = Field(64 * 1024, ge=256, description="Larger messages are dead-lettered")
-    batch_size: int = Field(1000, ge=1, description="Events the worker folds per batch at most")
-    batch_window_s: float = Field(0.25, gt=0, description="Longest wait to fill a batch, seconds")
+    batch_size: int = Field(
+        2000,
+        ge=1,
+        le=100_000,
+        description="Records one fetch hands the worker at most (one fetch, one batch)",
+    )
+    commit_interval_s: float = Field(
+        2.8, gt=0, description="How often the worker commits the offsets it has fully processed"
+    )
+    stall_unready_s: float = Field(
+        60.0,
+        gt=0,
+        description="An owned partition with lag and no progress (or processed records not committed) "
+        "for this long makes the worker unready, logged and counted",
+    )
+    stall_exit_s: float = Field(
+        300.0, gt=0, description="...and for this long makes the worker exit (status 75) for a restart"
+    )
+    watchdog_interval_s: float = Field(5.0, gt=0, description="How often the worker checks its partitions")
     web_bind: str = Field("127.0.0.1", description="Address the worker's web server binds to")
     web_host: str = Field(
         "127.0.0.1", description="Host name other workers use to reach this one; empty: this host's name"
@@ -70,6 +87,15 @@ class Settings(BaseSettings):
             if ":" not in host or not host.rsplit(":", 1)[1].isdigit():
                 raise ValueError(f"{part.strip()!r} is not kafka://host:port")
         return value
+
+    @model_validator(mode="after")
+    def _exit_after_unready(self) -> Settings:
+        if self.stall_exit_s <= self.stall_unready_s:
+            raise ValueError(
+                f"JOURNEY_STALL_EXIT_S ({self.stall_exit_s:g}) must be longer than "
+                f"JOURNEY_STALL_UNREADY_S ({self.stall_unready_s:g})"
+            )
+        return self
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from models import CustomerState, Rejection, Touchpoint, Transition, fold_customer, load_map, parse_touchpoint
-from stream.app import decode_stored
+from stream.codec import decode_stored
 from stream.kafka_tools import Record, group_lag, group_offsets, latest_values, read_topic
 from stream.settings import Settings
 from stream.simulator import SimMessage

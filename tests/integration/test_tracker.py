@@ -179,15 +179,6 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(
     assert status == 200 and body == want.states[cid].to_api()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known, open: in a rapid double rebalance (a join, then a leave 2 s later) Faust's drain loop "
-        "measures offsets against a stale read offset; about one run in four a customer ends one event "
-        "short of the fold. Suspected: Faust's gap ranges counted as acked, or out-of-order redelivery "
-        "meeting the per-customer offset guard. See README 'Guarantees, as tested'."
-    ),
-)
 def test_workers_joining_and_leaving_mid_stream_lose_nothing(
     spawn: list[WorkerProcess], tmp_path: Path
 ) -> None:

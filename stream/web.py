@@ -1,0 +1,149 @@
+"""The worker's web views and its watchdog, registered on a runtime.
+
+Web views (port ``JOURNEY_WEB_PORT``, 6066 by default):
+
+* ``GET /customers/{customer_id}``: the customer's state, from whichever
+  worker owns the customer's partition (Faust forwards the request there);
+  404 for a customer never seen.
+* ``GET /health``: 200 once the worker owns partitions, is not rebalancing
+  and none of them is stalled; 503 otherwise. The body has, per owned
+  partition, the fetch position, the processed and committed offsets, the
+  log end, the lag and how long since it last made progress.
+* ``GET /metrics``: Prometheus text format.
+
+The watchdog (every ``JOURNEY_WATCHDOG_INTERVAL_S``) reads the log end of
+every owned partition, so a partition that fetches nothing is seen too. A
+partition with lag and no progress, or with processed records not committed,
+for longer than ``JOURNEY_STALL_UNREADY_S`` makes the worker unready, is
+logged and counted; past ``JOURNEY_STALL_EXIT_S`` the worker exits with
+status 75 so that its supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from faust.types import TP
+from faust.web import Request, Response, View
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from stream.codec import decode_stored
+from stream.lifecycle import Report
+from stream.partitioning import key_partition
+from stream.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+EXIT_STALLED = 75  # EX_TEMPFAIL: a supervisor should start the worker again
+
+
+class Watchdog:
+    """Turns the lifecycle's progress into readiness, log lines, counts and, at worst, an exit."""
+
+    def __init__(self, rt: Runtime, exit: Any = os._exit) -> None:
+        self.rt = rt
+        self.report = Report({}, 0.0)
+        self._exit = exit
+
+    async def read_ends(self) -> None:
+        rt = self.rt
+        owned = rt.lifecycle.owned
+        if not owned or rt.app.rebalancing:
+            return
+        topic = rt.settings.touchpoints_topic
+        try:
+            ends = await asyncio.wait_for(
+                rt.app.consumer.highwaters(*(TP(topic, p) for p in owned)),
+                timeout=rt.settings.watchdog_interval_s,
+            )
+        except Exception as exc:  # the broker away: judge on what is known
+            log.info("watchdog: could not read log end offsets: %r", exc)
+            return
+        rt.lifecycle.ends({tp.partition: end for tp, end in ends.items() if end is not None})
+
+    def check(self) -> Report:
+        rt, s = self.rt, self.rt.settings
+        report = rt.lifecycle.report(s.stall_unready_s)
+        self.report = report
+        for p in rt.lifecycle.newly_stalled(report):
+            problem = report.partitions[p]
+            rt.metrics.partition_problems.labels(problem).inc()
+            log.error(
+                "partition %s[%d] is %s: %s",
+                s.touchpoints_topic,
+                p,
+                problem,
+                rt.lifecycle.describe(s.stall_unready_s)[str(p)],
+            )
+        rt.metrics.ready.set(1 if self.ready() else 0)
+        if report.problems and report.worst_idle_s > s.stall_exit_s:
+            log.critical(
+                "partitions %s made no progress for %.0f s (JOURNEY_STALL_EXIT_S=%g): exiting for a restart",
+                sorted(report.problems),
+                report.worst_idle_s,
+                s.stall_exit_s,
+            )
+            logging.shutdown()
+            self._exit(EXIT_STALLED)
+        return report
+
+    async def tick(self) -> None:
+        await self.read_ends()
+        self.check()
+
+    def ready(self) -> bool:
+        rt = self.rt
+        return bool(rt.active_partitions()) and not rt.app.rebalancing and not self.report.problems
+
+
+def register(rt: Runtime) -> Watchdog:
+    """Register the web views and the watchdog timer on ``rt.app``."""
+    app, customers, settings = rt.app, rt.customers, rt.settings
+    watchdog = Watchdog(rt)
+
+    @app.timer(settings.watchdog_interval_s)
+    async def _watchdog() -> None:
+        await watchdog.tick()
+
+    @app.page("/customers/{customer_id}")
+    class CustomerView(View):
+        """One customer's journey state, from the worker that owns it."""
+
+        @app.table_route(table=customers, match_info="customer_id")  # type: ignore[arg-type]
+        async def get(self, request: Request, customer_id: str) -> Response:
+            key = customer_id.encode()
+            raw = rt.store.get(key_partition(key, settings.partitions), key)
+            if raw is None:
+                return self.json({"error": "unknown customer", "customer_id": customer_id}, status=404)
+            _, state = decode_stored(raw)
+            return self.json(state.to_api())
+
+    @app.page("/health")
+    class HealthView(View):
+        """Ready once this worker owns partitions, is not rebalancing, and none is stalled."""
+
+        async def get(self, request: Request) -> Response:
+            ready = watchdog.ready()
+            body: dict[str, Any] = {
+                "ready": ready,
+                "partitions": rt.active_partitions(),
+                "rebalancing": app.rebalancing,
+                # Changes with every rebalance of the consumer group.
+                "generation": app.consumer_generation_id,
+                "problems": {str(p): v for p, v in sorted(watchdog.report.problems.items())},
+                "progress": rt.lifecycle.describe(settings.stall_unready_s),
+            }
+            return self.json(body, status=200 if ready else 503)
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        """Prometheus exposition of this worker's registry."""
+
+        async def get(self, request: Request) -> Response:
+            return self.bytes(generate_latest(rt.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    return watchdog

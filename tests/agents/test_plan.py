@@ -1,0 +1,157 @@
+"""The pure batch planner and the thin agent, without a broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+import orjson
+import pytest
+
+from agents import plan as planner
+from agents.plan import SourceRecord, plan_batch
+from models import fold, load_map, parse_touchpoint
+from models.events import Touchpoint
+from stream.codec import encode_stored
+from stream.partitioning import key_partition
+
+N = 8
+MAP = load_map()
+
+
+class Rec:
+    """The fields of an aiokafka ConsumerRecord the planner reads."""
+
+    def __init__(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
+        self.topic, self.partition, self.offset, self.key, self.value = "tp", partition, offset, key, value
+
+
+def event(
+    cid: str, eid: str, etype: str, offset: int, *, partition: int | None = None, key: Any = ...
+) -> Rec:
+    value = orjson.dumps(
+        {
+            "event_id": eid,
+            "customer_id": cid,
+            "type": etype,
+            "channel": "web",
+            "timestamp": 1_790_000_000_000 + offset,
+        }
+    )
+    p = key_partition(cid.encode(), N) if partition is None else partition
+    return Rec(p, offset, cid.encode() if key is ... else key, value)
+
+
+def by_partition(records: list[Rec]) -> dict[int, list[SourceRecord]]:
+    out: dict[int, list[SourceRecord]] = defaultdict(list)
+    for r in records:
+        out[r.partition].append(r)
+    return dict(out)
+
+
+def plan(records: list[Rec], stored: dict[bytes, bytes] | None = None) -> planner.BatchPlan:
+    table = stored or {}
+    return plan_batch(
+        MAP, by_partition(records), lambda p, k: table.get(k), partitions=N, max_event_bytes=65536
+    )
+
+
+def test_folds_each_customer_and_dead_letters_the_rest() -> None:
+    wrong = (key_partition(b"c2", N) + 1) % N
+    out = plan(
+        [
+            event("c1", "a", "page_view", 0),
+            event("c2", "b", "add_to_cart", 1),
+            event("c1", "c", "add_to_cart", 2),
+            event("c1", "a", "page_view", 3),  # same event id again: a duplicate
+            event("c2", "d", "purchase", 4, partition=wrong),
+            event("c3", "e", "page_view", 5, key=None),
+            Rec(0, 6, b"x", b"{"),
+        ]
+    )
+    assert sorted((d.reason, d.record.offset) for d in out.dead) == [
+        ("key_mismatch", 5),
+        ("not_json", 6),
+        ("wrong_partition", 4),
+    ]
+    updates = {u.customer_id: u for u in out.updates}
+    c1 = updates["c1"]
+    assert c1.fold.state is not None and c1.fold.state.stage == "cart"
+    assert (c1.fold.applied, c1.fold.duplicates, c1.last_offset) == (2, 1, 3)
+    assert c1.partition == key_partition(b"c1", N)
+    assert [t.to_stage for t in updates["c2"].fold.transitions] == ["cart"]
+    dl = out.dead[0]
+    assert dict(dl.headers())["journey.dlq.source"] == f"tp:{dl.record.partition}:{dl.record.offset}".encode()
+
+
+def test_a_customer_on_a_wrong_partition_later_in_the_batch_is_refused_too() -> None:
+    home = key_partition(b"c1", N)
+    out = plan([event("c1", "a", "page_view", 0), event("c1", "b", "search", 1, partition=(home + 1) % N)])
+    assert [(d.reason, d.record.offset) for d in out.dead] == [("wrong_partition", 1)]
+    assert out.updates[0].fold.applied == 1
+
+
+def test_records_at_or_below_the_stored_offset_are_replays() -> None:
+    first = [event("c1", "a", "page_view", 10), event("c1", "b", "product_view", 11)]
+    state = plan(first).updates[0].fold.state
+    assert state is not None
+    replay = [*first, event("c1", "c", "add_to_cart", 12)]
+    out = plan(replay, {b"c1": encode_stored(11, state)})
+    assert out.replayed == 2
+    assert out.updates[0].fold.applied == 1
+    events = [parse_touchpoint(e.value, MAP) for e in replay]
+    assert out.updates[0].fold.state == fold(MAP, [e for e in events if isinstance(e, Touchpoint)])["c1"]
+
+
+def test_a_customer_whose_events_are_all_replays_is_not_rewritten() -> None:
+    first = [event("c1", "a", "page_view", 10)]
+    state = plan(first).updates[0].fold.state
+    assert state is not None
+    out = plan(first, {b"c1": encode_stored(10, state)})
+    assert out.replayed == 1 and out.updates == [] and out.changed == []
+
+
+def test_a_core_failure_dead_letters_only_that_customers_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = planner.fold_batch
+
+    def flaky(jmap: Any, states: Any, events: Any) -> Any:
+        events = list(events)
+        if any(e.customer_id == "bad" for e in events):
+            raise ValueError("boom")
+        return real(jmap, states, events)
+
+    monkeypatch.setattr(planner, "fold_batch", flaky)
+    out = plan([event("ok", "1", "page_view", 0), event("bad", "2", "page_view", 1)])
+    assert [(d.reason, d.record.offset) for d in out.dead] == [("processing_error", 1)]
+    assert "boom" in out.dead[0].detail
+    assert [u.customer_id for u in out.updates] == ["ok"]
+
+
+def test_a_flood_of_dead_letters_is_logged_in_summary(monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
+    from agents import touchpoints as agent
+
+    sent: list[tuple[str, int]] = []
+
+    class Batches:
+        def __init__(self, producer: Any) -> None:
+            pass
+
+        def add(self, topic: str, partition: int, *rest: Any) -> None:
+            sent.append((topic, partition))
+
+        async def send(self) -> dict[tuple[str, int], int]:
+            return {}
+
+    monkeypatch.setattr(agent, "PartitionBatches", Batches)
+    monkeypatch.setattr(agent, "aiokafka_producer", lambda app: None)
+    fake_rt: Any = type("RT", (), {"settings": type("S", (), {"dlq_topic": "dlq", "transitions_topic": "t"})})
+    fake_rt.app = None
+    result = plan([Rec(1, i, b"k", b"?") for i in range(50)])
+    with caplog.at_level("WARNING", logger=agent.__name__):
+        asyncio.run(agent.TouchpointsAgent(fake_rt).publish(result))
+    assert len(sent) == 50  # every one goes to the DLQ
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == agent.LOGGED_DEAD_LETTERS + 1
+    assert lines[0].startswith("dead letter not_json from tp[1]@0")
+    assert lines[-1] == "30 more dead letters in this batch: {'not_json': 30}"
