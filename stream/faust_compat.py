@@ -60,8 +60,9 @@ SUPPORTED_FAUST: Final = ((0, 15, 2), (0, 16, 0))
 
 
 def faust_version() -> tuple[int, int, int]:
-    parts = (faust.__version__.split("+")[0].split(".") + ["0", "0"])[:3]
-    return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)  # type: ignore[return-value]
+    parts = [*faust.__version__.split("+")[0].split("."), "0", "0"][:3]
+    major, minor, patch = (int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)
+    return major, minor, patch
 
 
 def check_faust_version() -> None:
@@ -228,7 +229,7 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
                     continue  # revoked meanwhile: the new owner replays from the committed offset
                 position = recs[-1].offset + 1
                 route.positions[p] = position
-                self._acked[TP(fetch.topic, p)]  # noqa: B018  (the key makes Faust consider the tp)
+                self._acked.setdefault(TP(fetch.topic, p), [])  # Faust commits the tps it has here
                 route.lifecycle.processed(p, position)
             if cancelled:
                 raise asyncio.CancelledError
