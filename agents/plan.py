@@ -1,6 +1,6 @@
 """The pure batch planner: one fetch's records in, what to publish and store out.
 
-No Kafka, Faust or I/O here but the ``lookup`` it is given. Per record, in
+No Kafka, Faust or I/O here but the ``load`` it is given. Per record, in
 each partition's offset order:
 
 1. Validate against the contract (``models.events``) and the partitioner;
@@ -25,7 +25,6 @@ from models.events import Rejection, Touchpoint, parse_touchpoint
 from models.journey_map import JourneyMap
 from models.reducer import CustomerFold, fold_batch
 from models.state import CustomerState
-from stream.codec import decode_stored
 from stream.partitioning import key_partition
 
 log = logging.getLogger(__name__)
@@ -90,19 +89,20 @@ class BatchPlan:
         return [u for u in self.updates if u.fold.applied and u.fold.state is not None]
 
 
-Lookup = Callable[[int, bytes], bytes | None]
+# (partition, key) -> (source offset of the last event applied, state), or None for a new customer
+Load = Callable[[int, bytes], tuple[int, CustomerState] | None]
 
 
 def plan_batch(
     jmap: JourneyMap,
     records: Mapping[int, Sequence[SourceRecord]],
-    lookup: Lookup,
+    load: Load,
     *,
     partitions: int,
     max_event_bytes: int,
 ) -> BatchPlan:
-    """Validate, skip replays and fold one fetch. ``lookup(partition, key)``
-    returns the stored table value for a customer, or None."""
+    """Validate, skip replays and fold one fetch. ``load(partition, key)``
+    returns a customer's stored offset and state, or None."""
     out = BatchPlan()
     accepted: list[tuple[Touchpoint, SourceRecord]] = []
     stored: dict[str, tuple[int, CustomerState] | None] = {}
@@ -128,8 +128,7 @@ def plan_batch(
             if cid in stored:
                 prior = stored[cid]
             else:
-                raw = lookup(partition, rec.key)  # type: ignore[arg-type]
-                prior = stored[cid] = decode_stored(raw) if raw is not None else None
+                prior = stored[cid] = load(partition, rec.key)  # type: ignore[arg-type]
             if prior is not None and rec.offset <= prior[0]:
                 out.replayed += 1
                 continue

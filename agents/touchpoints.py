@@ -35,6 +35,7 @@ from stream.batching import PartitionBatches
 from stream.codec import encode_stored
 from stream.faust_compat import BatchRoute, Fetch, aiokafka_producer, install_batch_path
 from stream.runtime import Runtime
+from stream.state_cache import StateCache
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,14 @@ class TouchpointsAgent:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.settings = rt.settings
+        self.states = StateCache(rt.store.get, rt.settings.state_cache_size)
+        rt.lifecycle.add_listener(self.states)
 
     def plan(self, fetch: Fetch) -> BatchPlan:
         return plan_batch(
             self.rt.journey_map,
             fetch.records,
-            self.rt.store.get,
+            self.states.load,
             partitions=self.settings.partitions,
             max_event_bytes=self.settings.max_event_bytes,
         )
@@ -105,7 +108,8 @@ class TouchpointsAgent:
         would recover."""
         changelog = PartitionBatches(aiokafka_producer(self.rt.app))
         writes: dict[int, list[tuple[bytes, bytes]]] = {}
-        for u in plan.changed:
+        changed = plan.changed
+        for u in changed:
             assert u.fold.state is not None
             key, value = u.customer_id.encode(), encode_stored(u.last_offset, u.fold.state)
             writes.setdefault(u.partition, []).append((key, value))
@@ -113,6 +117,9 @@ class TouchpointsAgent:
         written = await changelog.send()
         for partition, items in writes.items():
             self.rt.store.write(partition, items, written.get((self.settings.changelog_topic, partition)))
+        for u in changed:
+            assert u.fold.state is not None
+            self.states.stored(u.partition, u.customer_id.encode(), (u.last_offset, u.fold.state))
 
     def count(self, plan: BatchPlan) -> None:
         m = self.rt.metrics

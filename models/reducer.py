@@ -38,7 +38,22 @@ class Step:
 
 
 def target_stage(jmap: JourneyMap, current: str | None, event_type: str) -> Stage | None:
-    """The stage an event of ``event_type`` moves a customer in ``current`` to, if any."""
+    """The stage an event of ``event_type`` moves a customer in ``current`` to, if any.
+
+    Answered from a table built once per map (:func:`_stage_table`); the rule
+    itself is :func:`stage_rule`.
+    """
+    table = _TABLES.get(id(jmap))
+    if table is None or table[0] is not jmap:
+        table = _TABLES[id(jmap)] = (jmap, _stage_table(jmap))
+    try:
+        return table[1][current, event_type]
+    except KeyError:
+        return stage_rule(jmap, current, event_type)
+
+
+def stage_rule(jmap: JourneyMap, current: str | None, event_type: str) -> Stage | None:
+    """The movement rule (README "Journey semantics")."""
     if current is None:
         return jmap.entry_stage.get(event_type, jmap.first_stage)
     for move in jmap.moves:
@@ -53,6 +68,15 @@ def target_stage(jmap: JourneyMap, current: str | None, event_type: str) -> Stag
     if not here.exit and (target.exit or target.index > here.index):
         return target
     return None
+
+
+def _stage_table(jmap: JourneyMap) -> dict[tuple[str | None, str], Stage | None]:
+    currents: list[str | None] = [None, *jmap.stage_names]
+    return {(c, t): stage_rule(jmap, c, t) for c in currents for t in jmap.event_types}
+
+
+# Maps seen by target_stage, by id, each with its table (the map is kept so an id is never reused).
+_TABLES: dict[int, tuple[JourneyMap, dict[tuple[str | None, str], Stage | None]]] = {}
 
 
 def apply(jmap: JourneyMap, state: CustomerState | None, ev: Touchpoint) -> Step:
@@ -125,20 +149,137 @@ class CustomerFold:
     duplicates: int = 0
 
 
+# Id look-ups a working state answers by scanning its list before it builds a set.
+_LIST_LOOKUPS = 4
+
+
+class _Working:
+    """A customer's state while one batch is folded: mutable, frozen once at the end.
+
+    ``apply`` builds a new frozen state per event, copying the recent ids
+    (up to ``DEDUP_WINDOW``) and the counts each time; a batch folds many
+    events of a customer, so it copies once on the way in, mutates, and
+    freezes once on the way out. ``recent`` keeps the window's order and
+    ``seen`` the same ids for the look-up. The hypothesis properties hold it
+    to :func:`apply`: :func:`fold` is still the plain, event-by-event fold.
+    """
+
+    __slots__ = (
+        "customer_id",
+        "events",
+        "first_touch_at",
+        "first_touch_channel",
+        "last_event_at",
+        "lookups",
+        "recent",
+        "seen",
+        "stage",
+        "stage_entered_at",
+        "stages",
+        "type_counts",
+    )
+
+    def __init__(self, state: CustomerState) -> None:
+        self.customer_id = state.customer_id
+        self.stage = state.stage
+        self.stage_entered_at = state.stage_entered_at
+        self.stages = dict(state.stages)
+        self.first_touch_channel = state.first_touch_channel
+        self.first_touch_at = state.first_touch_at
+        self.last_event_at = state.last_event_at
+        self.events = state.events
+        self.type_counts = dict(state.type_counts)
+        self.recent = list(state.recent_ids)
+        self.seen: set[str] | None = None
+        self.lookups = 0
+
+    def duplicate(self, event_id: str) -> bool:
+        seen = self.seen
+        if seen is None:
+            self.lookups += 1
+            if self.lookups <= _LIST_LOOKUPS:
+                return event_id in self.recent
+            seen = self.seen = set(self.recent)
+        return event_id in seen
+
+    def apply(self, jmap: JourneyMap, ev: Touchpoint) -> Transition | None:
+        """Apply one event that is not a duplicate (the caller checked ``seen``)."""
+        counts = self.type_counts
+        counts[ev.type] = counts.get(ev.type, 0) + 1
+        recent = self.recent
+        recent.append(ev.event_id)
+        seen = self.seen
+        if seen is not None:
+            seen.add(ev.event_id)
+        if len(recent) > DEDUP_WINDOW:
+            gone = recent.pop(0)
+            if seen is not None:
+                seen.discard(gone)
+        self.events += 1
+        if ev.ts > self.last_event_at:
+            self.last_event_at = ev.ts
+        target = target_stage(jmap, self.stage, ev.type)
+        if target is None:
+            return None
+        t = Transition(
+            ev.customer_id,
+            self.stage,
+            target.name,
+            ev.event_id,
+            ev.type,
+            ev.channel,
+            ev.ts,
+            max(0, ev.ts - self.stage_entered_at),
+        )
+        self.stage, self.stage_entered_at = target.name, ev.ts
+        self.stages.setdefault(target.name, ev.ts)
+        return t
+
+    def freeze(self) -> CustomerState:
+        return CustomerState(
+            customer_id=self.customer_id,
+            stage=self.stage,
+            stage_entered_at=self.stage_entered_at,
+            stages=self.stages,
+            first_touch_channel=self.first_touch_channel,
+            first_touch_at=self.first_touch_at,
+            last_event_at=self.last_event_at,
+            events=self.events,
+            type_counts=self.type_counts,
+            recent_ids=tuple(self.recent),
+        )
+
+
 def fold_customer(
     jmap: JourneyMap, state: CustomerState | None, events: Iterable[Touchpoint]
 ) -> CustomerFold:
-    """Apply one customer's events in order, collecting transitions and counts."""
+    """Apply one customer's events in order, collecting transitions and counts.
+
+    The same result as :func:`apply` event by event, with one working copy of
+    the state for the whole run (see :class:`_Working`).
+    """
     out = CustomerFold(state)
+    work: _Working | None = None
+    transitions = out.transitions
     for ev in events:
-        step = apply(jmap, out.state, ev)
-        out.state = step.state
-        if step.duplicate:
+        if work is None:
+            if state is None:
+                step = apply(jmap, None, ev)  # a new customer: the first event makes the state
+                assert step.transition is not None
+                transitions.append(step.transition)
+                out.applied += 1
+                work = _Working(step.state)
+                continue
+            work = _Working(state)
+        if work.duplicate(ev.event_id):
             out.duplicates += 1
             continue
         out.applied += 1
-        if step.transition is not None:
-            out.transitions.append(step.transition)
+        t = work.apply(jmap, ev)
+        if t is not None:
+            transitions.append(t)
+    if work is not None and out.applied:
+        out.state = work.freeze()
     return out
 
 

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
         le=100_000,
         description="Records one fetch hands the worker at most (one fetch, one batch)",
     )
+    state_cache_size: int = Field(
+        100_000, ge=0, description="Decoded customer states a worker keeps between batches (0: none)"
+    )
     commit_interval_s: float = Field(
         2.8, gt=0, description="How often the worker commits the offsets it has fully processed"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -13,7 +14,7 @@ from agents import plan as planner
 from agents.plan import SourceRecord, plan_batch
 from models import fold, load_map, parse_touchpoint
 from models.events import Touchpoint
-from stream.codec import encode_stored
+from stream.codec import decode_stored, encode_stored
 from stream.partitioning import key_partition
 
 N = 8
@@ -52,9 +53,12 @@ def by_partition(records: list[Rec]) -> dict[int, list[SourceRecord]]:
 
 def plan(records: list[Rec], stored: dict[bytes, bytes] | None = None) -> planner.BatchPlan:
     table = stored or {}
-    return plan_batch(
-        MAP, by_partition(records), lambda p, k: table.get(k), partitions=N, max_event_bytes=65536
-    )
+
+    def load(partition: int, key: bytes) -> Any:
+        raw = table.get(key)
+        return decode_stored(raw) if raw is not None else None
+
+    return plan_batch(MAP, by_partition(records), load, partitions=N, max_event_bytes=65536)
 
 
 def test_folds_each_customer_and_dead_letters_the_rest() -> None:
@@ -145,8 +149,12 @@ def test_a_flood_of_dead_letters_is_logged_in_summary(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(agent, "PartitionBatches", Batches)
     monkeypatch.setattr(agent, "aiokafka_producer", lambda app: None)
-    fake_rt: Any = type("RT", (), {"settings": type("S", (), {"dlq_topic": "dlq", "transitions_topic": "t"})})
-    fake_rt.app = None
+    fake_rt: Any = SimpleNamespace(
+        settings=SimpleNamespace(dlq_topic="dlq", transitions_topic="t", state_cache_size=10),
+        app=None,
+        store=SimpleNamespace(get=lambda p, k: None),
+        lifecycle=SimpleNamespace(add_listener=lambda listener: None),
+    )
     result = plan([Rec(1, i, b"k", b"?") for i in range(50)])
     with caplog.at_level("WARNING", logger=agent.__name__):
         asyncio.run(agent.TouchpointsAgent(fake_rt).publish(result))

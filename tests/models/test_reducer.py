@@ -18,7 +18,7 @@ from models import (
     fold_customer,
 )
 from models.state import DEDUP_WINDOW
-from tests.models.strategies import MAP, T0, touchpoints
+from tests.models.strategies import MAP, T0, TYPES, touchpoints
 
 HOUR = 3_600_000
 _ids = itertools.count()
@@ -99,6 +99,14 @@ def test_dedup_window_is_bounded() -> None:
     assert state.recent_ids[-1] == events[-1].event_id
 
 
+def test_the_stage_table_answers_as_the_rule_does() -> None:
+    from models.reducer import stage_rule, target_stage
+
+    for current in [None, *MAP.stage_names]:
+        for etype in [*MAP.event_types, "not_in_the_map"]:
+            assert target_stage(MAP, current, etype) == stage_rule(MAP, current, etype), (current, etype)
+
+
 def test_transition_ids_are_deterministic() -> None:
     ev = tp("page_view", 0, eid="fixed")
     a = apply(MAP, None, ev).transition
@@ -164,6 +172,31 @@ def test_transitions_chain_and_move_only_forward_unless_exit_or_move(events: lis
         assert out.state.events == len({e.event_id for e in evs}) == out.applied
         assert out.applied + out.duplicates == len(evs)
         assert sum(out.state.type_counts.values()) == out.state.events
+
+
+@settings(max_examples=60)
+@given(st.lists(st.tuples(st.integers(0, 3 * DEDUP_WINDOW), st.sampled_from(TYPES)), max_size=500))
+def test_the_batch_fold_equals_applying_one_by_one_past_the_dedup_window(
+    picks: list[tuple[int, str]],
+) -> None:
+    """Long runs of one customer, ids repeating from beyond the window: the
+    working-state fold evicts and recognises exactly as apply does."""
+    events = [Touchpoint(f"e{i}", "c1", etype, "web", T0 + n * 1000) for n, (i, etype) in enumerate(picks)]
+    state: CustomerState | None = None
+    applied = 0
+    transitions = []
+    for ev in events:
+        step = apply(MAP, state, ev)
+        state = step.state
+        applied += not step.duplicate
+        if step.transition is not None:
+            transitions.append(step.transition)
+    for cut in (0, len(events) // 3, len(events)):
+        first = fold_customer(MAP, None, events[:cut])
+        rest = fold_customer(MAP, first.state, events[cut:])
+        assert rest.state == state
+        assert first.applied + rest.applied == applied
+        assert first.transitions + rest.transitions == transitions
 
 
 @settings(max_examples=200)

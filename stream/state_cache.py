@@ -1,0 +1,66 @@
+"""Decoded customer states kept between batches, per owned partition.
+
+A customer usually has one event per batch, so decoding the stored value
+(orjson and a frozen state) was a third of the batch path. The cache keeps
+what this worker last read or wrote, keyed by customer, bounded
+(``JOURNEY_STATE_CACHE_SIZE``, oldest entry out first). Only this worker
+writes the table partitions it actively owns, so the cache is exact while
+it owns them; it is a partition listener, emptied for a partition when it
+is revoked and when it is (re)assigned and recovered, since recovery writes
+the store from the changelog behind its back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from models.state import CustomerState
+from stream.codec import decode_stored
+
+Stored = tuple[int, CustomerState]  # (source offset of the last event applied, state)
+
+
+class StateCache:
+    """A bounded read-through cache of decoded table values, per partition."""
+
+    def __init__(self, read: Callable[[int, bytes], bytes | None], maxsize: int) -> None:
+        self._read = read
+        self._maxsize = maxsize
+        self._entries: dict[bytes, tuple[int, Stored | None]] = {}  # key -> (partition, value)
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def load(self, partition: int, key: bytes) -> Stored | None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == partition:
+            self.hits += 1
+            return entry[1]
+        self.misses += 1
+        raw = self._read(partition, key)
+        value = decode_stored(raw) if raw is not None else None
+        self._put(partition, key, value)
+        return value
+
+    def stored(self, partition: int, key: bytes, value: Stored) -> None:
+        """``value`` is now in the store for ``key``."""
+        self._put(partition, key, value)
+
+    def _put(self, partition: int, key: bytes, value: Stored | None) -> None:
+        entries = self._entries
+        entries.pop(key, None)  # re-inserted last: the oldest entry goes first
+        entries[key] = (partition, value)
+        if len(entries) > self._maxsize:
+            del entries[next(iter(entries))]
+
+    def drop_partition(self, partition: int) -> None:
+        for key in [k for k, (p, _) in self._entries.items() if p == partition]:
+            del self._entries[key]
+
+    # PartitionListener
+    def on_partition_ready(self, partition: int) -> None:
+        self.drop_partition(partition)
+
+    def on_partition_revoked(self, partition: int) -> None:
+        self.drop_partition(partition)
