@@ -119,7 +119,7 @@ def plan_batch(
             home = homes.get(cid)
             if home is None:
                 # parse_touchpoint checked the key equals the customer id
-                home = homes[cid] = key_partition(rec.key, partitions)  # type: ignore[arg-type]
+                home = homes[cid] = key_partition(rec.key, partitions)
             if home != partition:
                 dead.append(
                     DeadLetter(rec, "wrong_partition", "produce with Kafka's default (murmur2) partitioner")
