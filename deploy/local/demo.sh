@@ -25,9 +25,11 @@ start() {
     mkdir -p "$run"
     stop >/dev/null
     cd "$repo"
-    nohup "$bin/journey" worker >"$run/worker.log" 2>&1 &
+    # Under a restart loop, as a supervisor would run it: a worker that
+    # exits non-zero (a failed batch, a stalled partition) starts again.
+    nohup "$here/supervise.sh" "$bin/journey" worker >"$run/worker.log" 2>&1 &
     echo $! >"$run/worker.pid"
-    echo "demo: worker starting (log: $run/worker.log)"
+    echo "demo: worker starting under deploy/local/supervise.sh (log: $run/worker.log)"
     for _ in $(seq 1 120); do
         if curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1; then break; fi
         kill -0 "$(cat "$run/worker.pid")" 2>/dev/null || { tail -20 "$run/worker.log"; exit 1; }

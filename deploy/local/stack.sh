@@ -6,6 +6,8 @@
 #   deploy/local/stack.sh up       start Kafka and Redis, wait until both answer
 #   deploy/local/stack.sh down     stop both (TERM, then KILL after 20 s)
 #   deploy/local/stack.sh status   say what runs, exit 1 if something does not
+#   deploy/local/stack.sh kafka-stop   stop Kafka alone (TERM, as an outage or an upgrade would)
+#   deploy/local/stack.sh kafka-start  start Kafka alone again on the same data, wait until it answers
 #   deploy/local/stack.sh logs     tail the broker and Redis logs
 #   deploy/local/stack.sh clean    down, then delete the data directory
 #
@@ -126,7 +128,8 @@ kafka_up() {
     wc -l <"$stack_dir/kafka/logs/server.log" 2>/dev/null >"$stack_dir/kafka/logs/start-line" || echo 0 >"$stack_dir/kafka/logs/start-line"
     local cmd
     kafka_cmd kafka.Kafka "$stack_dir/kafka/server.properties"
-    nohup "${cmd[@]}" >"$stack_dir/kafka/logs/stdout.log" 2>&1 &
+    # Its own session: a broker started from a test or a script outlives their process group.
+    setsid nohup "${cmd[@]}" >"$stack_dir/kafka/logs/stdout.log" 2>&1 &
     echo $! >"$stack_dir/kafka.pid"
 }
 
@@ -213,6 +216,12 @@ down)
     stop_pid redis "$stack_dir/redis.pid"
     ;;
 status) status ;;
+kafka-stop) stop_pid kafka "$stack_dir/kafka.pid" ;;
+kafka-start)
+    need
+    kafka_up
+    kafka_wait
+    ;;
 logs) tail -n 50 -F "$stack_dir/kafka/logs/server.log" "$stack_dir/redis/redis.log" ;;
 clean)
     "$0" down
@@ -220,7 +229,7 @@ clean)
     say "removed $stack_dir"
     ;;
 *)
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

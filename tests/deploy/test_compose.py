@@ -23,6 +23,10 @@ def test_services_are_all_there() -> None:
     assert {"kafka", "redis", "worker", "simulator"} <= set(SERVICES)
 
 
+def test_workers_are_restarted_when_they_exit() -> None:
+    assert SERVICES["worker"]["restart"] == "unless-stopped"
+
+
 def test_dockerfile_copies_files_that_exist() -> None:
     for service in ("worker", "simulator"):
         assert SERVICES[service]["build"] == "."
