@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := deploy/local/stack.sh
 
-.PHONY: help venv deps stack-up stack-down demo demo-stop test unit lint bench clean
+.PHONY: help venv deps stack-up stack-down demo demo-stop test unit lint bench soak clean
 
 help:
 	@echo "make demo       install, start Kafka + Redis, a worker and the simulator"
@@ -12,7 +12,8 @@ help:
 	@echo "make test       install, start the stack, lint, run all tests, stop the stack"
 	@echo "make unit       tests that need no stack"
 	@echo "make lint       ruff and mypy"
-	@echo "make bench      tracker throughput vs a bare consumer (needs the stack)"
+	@echo "make bench      fold speed, event-to-API latency, worker throughput vs bare consumers"
+	@echo "make soak       the slow fault tests: 20 join-then-leave rebalances, a 60 s broker outage"
 
 $(BIN)/journey: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,8 +48,14 @@ unit: venv
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
+# The last line is throughput.py's `ratio: X` (worker / bare parse-only consumer).
 bench: venv stack-up
+	$(BIN)/python bench/fold.py
+	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/throughput.py
+
+soak: venv stack-up
+	bench/soak.sh
 
 clean:
 	$(STACK) clean

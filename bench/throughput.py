@@ -1,17 +1,19 @@
-"""Tracker throughput against a bare consumer of the same topic, in one run.
+"""Tracker throughput against bare consumers of the same topic, in one run.
 
 Needs the local stack (deploy/local/stack.sh up). Produces simulator events to
-a fresh topic, then measures:
+a fresh topic, then measures, each from its first record to its last:
 
-* bare: an aiokafka consumer that only parses each value with orjson;
-* tracker: a real ``journey worker`` (memory store) folding the same topic,
-  from its first applied event to its last, read off its /metrics counters
-  (start-up and recovery are not counted).
+* bare parse: an aiokafka consumer that only parses each value with orjson;
+* bare fold: the same consumer running the project's own batch path
+  (``agents.plan.plan_batch``, encode, a dict as the table): the ceiling for
+  our reducer, with no table, changelog or topics to write;
+* worker: a real ``journey worker`` (memory store) on the same topic, read
+  off its /metrics counters (start-up and recovery are not counted).
 
-Prints both rates and, last, ``ratio: X`` (tracker / bare). Not a test: the
-numbers move with the machine's load; compare ratios from the same run.
+Prints the three rates and, last, ``ratio: X`` (worker / bare parse). Not a
+test: the numbers move with the machine's load; compare ratios from one run.
 
-    .venv/bin/python bench/throughput.py [--customers 9000] [--seed 1]
+    .venv/bin/python bench/throughput.py [--customers 20000] [--seed 1]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
@@ -72,6 +75,52 @@ async def bare_consumer(settings: Settings, total: int) -> float:
                     except orjson.JSONDecodeError:
                         pass
                     seen += 1
+        return seen / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+async def bare_fold(settings: Settings, total: int) -> float:
+    """Events per second for consume + the worker's batch path, into a dict."""
+    from collections import defaultdict
+
+    from agents.plan import plan_batch
+    from models.journey_map import load_map
+    from stream.codec import encode_stored
+    from stream.state_cache import StateCache
+
+    jmap = load_map()
+    table: dict[bytes, bytes] = {}
+    states = StateCache(lambda p, k: table.get(k), settings.state_cache_size)
+    consumer = AIOKafkaConsumer(
+        settings.touchpoints_topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=f"bench-fold-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    seen = 0
+    started = 0.0
+    try:
+        while seen < total:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=settings.batch_size)
+            if not batches:
+                continue
+            if not started:
+                started = time.perf_counter()
+            records: dict[int, list[Any]] = defaultdict(list)
+            for tp, recs in batches.items():
+                records[tp.partition].extend(recs)
+                seen += len(recs)
+            plan = plan_batch(
+                jmap, records, states.load, partitions=settings.partitions, max_event_bytes=65536
+            )
+            for u in plan.changed:
+                assert u.fold.state is not None
+                key = u.customer_id.encode()
+                table[key] = encode_stored(u.last_offset, u.fold.state)
+                states.stored(u.partition, key, (u.last_offset, u.fold.state))
         return seen / (time.perf_counter() - started)
     finally:
         await consumer.stop()
@@ -126,7 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--customers", type=int, default=9000)
+    parser.add_argument("--customers", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--partitions", type=int, default=8)
     args = parser.parse_args()
@@ -151,9 +200,11 @@ def main() -> None:
     print(f"events: {total}  customers: {args.customers}  partitions: {args.partitions}")
 
     bare = asyncio.run(bare_consumer(settings, total))
-    print(f"bare consumer (aiokafka + orjson): {bare:,.0f} events/s")
+    print(f"bare parse-only consumer (aiokafka + orjson): {bare:,.0f} events/s")
+    fold = asyncio.run(bare_fold(settings, total))
+    print(f"bare consumer running fold_batch into a dict (our reducer's ceiling): {fold:,.0f} events/s")
     ours = tracker(settings, total, workdir)
-    print(f"tracker worker (fold, table, transitions, DLQ): {ours:,.0f} events/s")
+    print(f"journey worker (fold, table + changelog, transitions, DLQ, commits): {ours:,.0f} events/s")
     print(f"ratio: {ours / bare:.3f}")
 
 

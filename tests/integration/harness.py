@@ -231,3 +231,83 @@ def diff_states(got: dict[str, CustomerState], want: dict[str, CustomerState], l
         for c in wrong[:limit]:
             lines.append(f"  {c}: got {got[c]}\n  {' ' * len(c)}  want {want[c]}")
     return "\n".join(lines)
+
+
+def assert_equals_fold(settings: Settings, want: Expected) -> None:
+    """State, dead letters and transitions equal the fold's, once repeats are dropped.
+
+    At-least-once delivery may repeat dead letters and transitions after a
+    crash or rebalance; consumers drop them by source and by id, so do we.
+    """
+    got = stored_states(settings)
+    assert got == want.states, diff_states(got, want.states)
+    dead, _ = dead_letters(settings)
+    assert dead == want.dead
+    transitions, _ = transition_records(settings)
+    assert set(transitions) == set(want.transitions)
+
+
+STACK = Path(__file__).resolve().parents[2] / "deploy" / "local" / "stack.sh"
+
+
+def stack(verb: str) -> None:
+    """Run ``deploy/local/stack.sh VERB`` (the same stack make test started)."""
+    subprocess.run([str(STACK), verb], check=True, capture_output=True, timeout=180)
+
+
+class KafkaOutage:
+    """Kafka stopped (SIGTERM) now, started again on :meth:`end` or on leaving the block."""
+
+    def __init__(self) -> None:
+        self.ended = False
+
+    def __enter__(self) -> KafkaOutage:
+        stack("kafka-stop")
+        return self
+
+    def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            stack("kafka-start")
+
+    def __exit__(self, *exc: object) -> None:
+        self.end()
+
+
+def send_messages(settings: Settings, messages: list[SimMessage], rate: float = 0.0) -> None:
+    """Produce in order (one request in flight), batched for speed."""
+    from stream.kafka_tools import producer
+    from stream.simulator import produce
+
+    prod = producer(settings, linger_ms=50, batch_size=512 * 1024)
+    try:
+        produce(lambda k, v: prod.send(settings.touchpoints_topic, key=k, value=v), messages, rate)
+        prod.flush()
+    finally:
+        prod.close()
+
+
+def wait_applying(worker: WorkerProcess, timeout: float = 120.0) -> None:
+    """Until the worker has applied some events (its metrics say so)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if worker_metric(worker, "journey_events_total", outcome="applied") > 0:
+                return
+        except (OSError, AssertionError):
+            pass
+        assert worker.proc is not None
+        if worker.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.tail()}")
+        time.sleep(0.2)
+    raise AssertionError(f"the worker applied nothing in {timeout} s:\n{worker.tail()}")
+
+
+def worker_metric(worker: WorkerProcess, name: str, **labels: str) -> float:
+    with urllib.request.urlopen(worker.url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{want} not in /metrics")

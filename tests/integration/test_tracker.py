@@ -14,8 +14,8 @@ from stream.partitioning import key_partition
 from stream.settings import Settings
 from stream.simulator import SimMessage, generate, produce
 from tests.integration.harness import (
-    Expected,
     WorkerProcess,
+    assert_equals_fold,
     changelog_records,
     dead_letters,
     diff_states,
@@ -24,6 +24,7 @@ from tests.integration.harness import (
     stored_states,
     transition_records,
     wait_processed,
+    worker_metric,
 )
 
 NOW_MS = 1_795_503_600_000  # fixed "now": the same seed gives the same bytes
@@ -36,20 +37,6 @@ def send_all(settings: Settings, messages: list[SimMessage], rate: float = 0.0) 
         prod.flush()
     finally:
         prod.close()
-
-
-def assert_equals_fold(settings: Settings, want: Expected) -> None:
-    """State, dead letters and transitions equal the fold's, once repeats are dropped.
-
-    At-least-once delivery may repeat dead letters and transitions after a
-    crash or rebalance; consumers drop them by source and by id, so do we.
-    """
-    got = stored_states(settings)
-    assert got == want.states, diff_states(got, want.states)
-    dead, _ = dead_letters(settings)
-    assert dead == want.dead
-    transitions, _ = transition_records(settings)
-    assert set(transitions) == set(want.transitions)
 
 
 def wait_settled(settings: Settings, workers: list[WorkerProcess], timeout: float = 180.0) -> None:
@@ -67,18 +54,6 @@ def wait_settled(settings: Settings, workers: list[WorkerProcess], timeout: floa
             return
         time.sleep(0.5)
     raise AssertionError(f"the group did not settle: {last}")
-
-
-def metric(worker: WorkerProcess, name: str, **labels: str) -> float:
-    import urllib.request
-
-    with urllib.request.urlopen(worker.url + "/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
-    for line in text.splitlines():
-        if line.startswith(want + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{want} not in /metrics")
 
 
 def test_ten_thousand_events_equal_the_fold(
@@ -118,9 +93,9 @@ def test_ten_thousand_events_equal_the_fold(
     sample = next(iter(want.transitions.values()))
     assert transitions[sample.transition_id] == sample.to_record()
 
-    applied = sum(metric(w, "journey_events_total", outcome="applied") for w in (a, b))
-    dupes = sum(metric(w, "journey_events_total", outcome="duplicate") for w in (a, b))
-    rejected = sum(metric(w, "journey_events_total", outcome="rejected") for w in (a, b))
+    applied = sum(worker_metric(w, "journey_events_total", outcome="applied") for w in (a, b))
+    dupes = sum(worker_metric(w, "journey_events_total", outcome="duplicate") for w in (a, b))
+    rejected = sum(worker_metric(w, "journey_events_total", outcome="rejected") for w in (a, b))
     assert (applied, dupes, rejected) == (want.applied, want.duplicates, sum(want.dead.values()))
 
     # Either worker answers for any customer, forwarding to the owner.
