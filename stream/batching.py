@@ -16,6 +16,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from stream.errors import RecordTooLarge
+
 Headers = Sequence[tuple[str, bytes]]
 
 
@@ -37,7 +39,7 @@ class PartitionBatches:
         ):
             builder = self._producer.create_batch()
             if builder.append(timestamp=None, key=key, value=value, headers=list(headers)) is None:
-                raise ValueError(
+                raise RecordTooLarge(
                     f"a record for {topic}[{partition}] is larger than the producer's batch size"
                 )
             builders.append(builder)

@@ -32,7 +32,3 @@ class RecordTooLarge(StreamError):
 
 class UnsupportedFaust(StreamError):
     """The installed faust-streaming is outside the versions ``stream.faust_compat`` was built for."""
-
-
-class PartitionStalled(StreamError):
-    """An owned partition has lag and made no progress for too long (the watchdog's verdict)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 from aiokafka.producer.message_accumulator import BatchBuilder
@@ -58,3 +59,18 @@ def test_a_record_larger_than_a_batch_gets_a_batch_of_its_own() -> None:
         return rec
 
     assert [c for _, _, c in asyncio.run(scenario()).sent] == [1, 1, 1]
+
+
+def test_a_record_larger_than_a_producer_batch_is_named() -> None:
+    import pytest
+
+    from stream.batching import PartitionBatches
+    from stream.errors import RecordTooLarge
+
+    class Full:
+        def append(self, **kw: object) -> None:
+            return None  # aiokafka's answer when the record does not fit
+
+    producer: Any = SimpleNamespace(create_batch=Full)
+    with pytest.raises(RecordTooLarge, match=r"t\[3\] is larger"):
+        PartitionBatches(producer).add("t", 3, b"k", b"v" * 10)
