@@ -84,6 +84,9 @@ class Fetch:
     topic: str
     records: Mapping[int, Sequence[Any]]  # aiokafka ConsumerRecords
     generation: int
+    # partition -> revocations seen before the fetch was asked for; a fetch
+    # that a revocation overtook is never committed (see ``_run_batch``).
+    epochs: Mapping[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.records.values())
@@ -148,6 +151,12 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
             topic = route.topic
             try:
                 while not (consumer_stopped() or fetcher_stopped()):
+                    # What the fetch is asked under. Faust's consumer thread
+                    # fetches, so a rebalance can complete between the fetch and
+                    # this loop: records fetched for the old assignment must not
+                    # be processed under the new one (see ``_overtaken``).
+                    generation = self.app.consumer_generation_id
+                    epochs = dict(route.epochs)
                     records, active = await self._wait_next_records(1.0)
                     if not records or self.should_stop:
                         await asyncio.sleep(0)
@@ -155,12 +164,8 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
                     if not self.flow_active:
                         # As Faust's getmany: records fetched while the flow was
                         # stopped may predate a seek; go back to the committed offsets.
-                        try:
-                            await self.perform_seek()
-                        except Exception as exc:
-                            log.warning("seek to committed offsets failed: %r", exc)
+                        await self._seek_back("fetched while the flow was stopped")
                         continue
-                    generation = self.app.consumer_generation_id
                     ours: dict[int, Sequence[Any]] = {}
                     for tp, recs in records.items():
                         if active is not None and tp not in active and tp not in self._buffered_partitions:
@@ -170,11 +175,17 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
                         if tp.topic == topic:
                             check_order(topic, tp.partition, recs)
                             ours[tp.partition] = recs
-                            route.lifecycle.fetched(tp.partition, recs[-1].offset + 1, end)
                         else:
                             await self._deliver_one_by_one(tp, recs, generation)
-                    if ours:
-                        await self._run_batch(Fetch(topic, ours, generation))
+                    if not ours:
+                        continue
+                    why = self._overtaken(generation, epochs, ours)
+                    if why:
+                        await self._seek_back(why)
+                        continue
+                    for p, recs in ours.items():
+                        route.lifecycle.fetched(p, recs[-1].offset + 1, self.highwater(TP(topic, p)))
+                    await self._run_batch(Fetch(topic, ours, generation, {p: epochs.get(p, 0) for p in ours}))
             except self.consumer_stopped_errors:
                 if self.transport.app.should_stop:
                     log.info("Broker stopped consumer, shutting down...")
@@ -185,6 +196,40 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
                     log.info("Consumer shutting down for user cancel.")
                     return
                 raise
+
+        def _overtaken(
+            self, generation: int, epochs: Mapping[int, int], ours: Mapping[int, Sequence[Any]]
+        ) -> str | None:
+            """Why a fetch of the batch topic must not be processed, or None.
+
+            The records may come from a fetch made before a rebalance that has
+            since completed: processing them would start a partition ahead
+            of its committed offset and commit past records nobody applied
+            (mid-history events lost; the per-customer replay skip then hides
+            the gap). Only a fetch under the generation and the revocation
+            count it was asked under, of partitions still assigned, goes on.
+            """
+            if not self.flow_active:
+                return "the flow stopped during the fetch"
+            if self.app.consumer_generation_id != generation:
+                return "a rebalance completed during the fetch"
+            assignment = self.assignment()
+            for p in ours:
+                if route.epochs.get(p, 0) != epochs.get(p, 0):
+                    return f"partition {p} was revoked during the fetch"
+                if TP(route.topic, p) not in assignment:
+                    return f"partition {p} is no longer assigned"
+            return None
+
+        async def _seek_back(self, why: str) -> None:
+            """Drop a fetch: the consumer's positions have moved past records
+            that were not processed, so go back to the committed offsets (what
+            Faust does after every rebalance; replays are skipped per customer)."""
+            log.info("dropping a fetch of %s: %s; seeking to the committed offsets", route.topic, why)
+            try:
+                await self.perform_seek()
+            except Exception as exc:
+                log.warning("seek to committed offsets failed: %r", exc)
 
         async def _deliver_one_by_one(self, tp: TP, recs: Sequence[Any], generation: int) -> None:
             """Faust's own per-message delivery, for topics other than the batch topic."""
@@ -208,7 +253,7 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
             """Process one fetch to the end, even when cancelled, then move the positions."""
             marker = _InFlight()
             self._unacked_messages.add(marker)
-            epochs = {p: route.epochs.get(p, 0) for p in fetch.records}
+            epochs = {p: fetch.epochs.get(p, route.epochs.get(p, 0)) for p in fetch.records}
             task = asyncio.ensure_future(route.handler(fetch))
             cancelled = False
             try:

@@ -154,14 +154,6 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(
     assert status == 200 and body == want.states[cid].to_api()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known, open: passed locally on the batch path, but a clean-clone CI run lost events from the "
-        "middle of 22 customers' histories (records skipped, not a stale overwrite) in a join-then-leave "
-        "rebalance. See README 'Guarantees, as tested' and the closing note of issue 9."
-    ),
-)
 def test_workers_joining_and_leaving_mid_stream_lose_nothing(
     spawn: list[WorkerProcess], tmp_path: Path
 ) -> None:

@@ -223,3 +223,94 @@ def test_same_answers_as_faust_without_duplicates() -> None:
         theirs, _ = consumer_state(acked, committed, gaps)
         assert faust_compat._dedup_new_offset(ours, tp) == faust_compat.faust_new_offset(theirs, tp) == want
         assert ours._acked[tp] == theirs._acked[tp] == left
+
+
+class FakeDrainBase(FakeBase):
+    """Enough of Faust's consumer to run the batch drain loop over scripted fetches.
+
+    Each script step runs while "the consumer thread fetches" (it may
+    rebalance) and returns the records the fetch brings back."""
+
+    consumer_stopped_errors = (ConnectionError,)
+
+    def __init__(self, steps: list[Any], route: BatchRoute) -> None:
+        super().__init__()
+        self._stopped = asyncio.Event()
+        self.app = SimpleNamespace(
+            consumer_generation_id=1,
+            monitor=SimpleNamespace(track_tp_end_offset=lambda tp, end: None),
+        )
+        self.transport = SimpleNamespace(app=SimpleNamespace(should_stop=False))
+        self.should_stop = False
+        self.flow_active = True
+        self._buffered_partitions: set[TP] = set()
+        self.assigned = {TP("t", 0), TP("t", 1)}
+        self.steps = steps
+        self.route = route
+        self.seeks = 0
+
+    def assignment(self) -> set[TP]:
+        return self.assigned
+
+    def highwater(self, tp: TP) -> int:
+        return 1000
+
+    async def perform_seek(self) -> None:
+        self.seeks += 1
+
+    async def _wait_next_records(self, timeout: float) -> tuple[dict[TP, list[Any]], None]:
+        if not self.steps:
+            self._stopped.set()
+            return {}, None
+        records = self.steps.pop(0)(self)
+        return records, None
+
+
+def recs(*offsets: int) -> list[Any]:
+    return [SimpleNamespace(offset=o) for o in offsets]
+
+
+def drain(steps: list[Any]) -> tuple[Any, list[Fetch]]:
+    handled: list[Fetch] = []
+
+    async def handler(f: Fetch) -> None:
+        handled.append(f)
+
+    route = route_with(handler)
+    c = batch_consumer_class(FakeDrainBase, route)(steps, route)  # type: ignore[arg-type]
+    asyncio.run(c._drain_messages(SimpleNamespace(_stopped=asyncio.Event())))
+    return c, handled
+
+
+def test_a_fetch_that_a_rebalance_overtook_is_dropped_and_the_consumer_seeks_back() -> None:
+    def plain(c: Any) -> dict[TP, list[Any]]:
+        return {TP("t", 0): recs(0, 1)}
+
+    def rebalanced_meanwhile(c: Any) -> dict[TP, list[Any]]:
+        # p1 goes to another worker and comes back, under a new generation,
+        # while records fetched from the old position are on their way.
+        c.route.revoke([1])
+        c.app.consumer_generation_id = 2
+        return {TP("t", 1): recs(500, 501)}
+
+    def revoked_same_generation(c: Any) -> dict[TP, list[Any]]:
+        c.route.revoke([0])
+        return {TP("t", 0): recs(2, 3)}
+
+    def unassigned(c: Any) -> dict[TP, list[Any]]:
+        c.assigned = {TP("t", 0)}
+        return {TP("t", 1): recs(9)}
+
+    c, handled = drain([plain, rebalanced_meanwhile, revoked_same_generation, unassigned, plain])
+    assert [dict(f.records) for f in handled] == [{0: recs(0, 1)}, {0: recs(0, 1)}]
+    assert c.seeks == 3
+    assert 1 not in c.route.positions  # nothing of the overtaken fetch committed
+    # Without the check the stale p1 records would have set a position of 502.
+
+
+def test_a_fetch_carries_the_revocations_seen_before_it_was_asked_for() -> None:
+    def plain(c: Any) -> dict[TP, list[Any]]:
+        return {TP("t", 0): recs(4)}
+
+    c, handled = drain([plain])
+    assert handled[0].epochs == {0: 0} and c.route.positions == {0: 5} and c.seeks == 0
