@@ -149,3 +149,40 @@ def parse_touchpoint(
     if key is not False and key != customer_id.encode():
         return Rejection("key_mismatch", "the message key must be the customer_id")
     return Touchpoint(event_id, customer_id, etype, channel, ts, props)
+
+
+# A clock record: the worker's reading of its clock for one customer whose
+# deadline (a stall, inactivity, a nudge window) has come. The worker sends
+# it through the touchpoints topic, keyed by the customer, with this header,
+# so that it is applied in order with the customer's events and the table
+# stays a plain fold of the topic (README "Clock policy").
+CLOCK_HEADER: Final = "journey-clock"
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """The worker's clock (epoch ms) read for one customer's due deadline."""
+
+    customer_id: str
+    now: int
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"clock": self.now, "customer_id": self.customer_id})
+
+
+def parse_clock(raw: bytes | None, key: bytes | None) -> Clock | Rejection:
+    """Validate a clock record (one with the :data:`CLOCK_HEADER` header)."""
+    try:
+        obj = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError as exc:
+        return Rejection("not_json", str(exc)[:200])
+    if not isinstance(obj, dict):
+        return Rejection("not_object", "a clock record must be a JSON object")
+    now, cid = obj.get("clock"), obj.get("customer_id")
+    if isinstance(now, bool) or not isinstance(now, int) or not 0 <= now < 253402300800000:
+        return Rejection("bad_field", "clock must be epoch milliseconds")
+    if not isinstance(cid, str) or not cid or len(cid) > MAX_ID_LEN:
+        return Rejection("bad_field", "customer_id must be a non-empty string")
+    if key is not None and key != cid.encode():
+        return Rejection("key_mismatch", "the message key must be the customer_id")
+    return Clock(cid, now)

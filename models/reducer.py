@@ -16,6 +16,11 @@ Semantics (README "Journey semantics" says the same for users):
   applied ids is a duplicate: nothing changes.
 * Time spent in the previous stage is ``max(0, event time - stage_entered_at)``:
   a late event cannot give a negative duration.
+* Stalls, drift and nudges (:mod:`models.effects`) ride along: an event may
+  end a stall, move the drift score (and with it reach loyalty), settle a
+  nudge; a :class:`~models.events.Clock` reading may open a stall, fire the
+  inactivity signal, defect the customer or close a nudge window. A clock
+  reading for an unknown customer changes nothing.
 """
 
 from __future__ import annotations
@@ -23,9 +28,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from models.events import Touchpoint
+from models.effects import Extras, on_clock, on_event
+from models.events import Clock, Touchpoint
 from models.journey_map import JourneyMap, Stage
+from models.outputs import Output
 from models.state import DEDUP_WINDOW, CustomerState, Transition
+
+Item = Touchpoint | Clock
+CLOCK_CHANNEL = "clock"  # the channel of a transition a clock reading caused
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +45,7 @@ class Step:
     state: CustomerState
     transition: Transition | None = None
     duplicate: bool = False
+    outputs: tuple[Output, ...] = ()
 
 
 def target_stage(jmap: JourneyMap, current: str | None, event_type: str) -> Stage | None:
@@ -79,8 +90,10 @@ def _stage_table(jmap: JourneyMap) -> dict[tuple[str | None, str], Stage | None]
 _TABLES: dict[int, tuple[JourneyMap, dict[tuple[str | None, str], Stage | None]]] = {}
 
 
-def apply(jmap: JourneyMap, state: CustomerState | None, ev: Touchpoint) -> Step:
-    """Apply one event to one customer's state (``None``: a new customer)."""
+def apply(jmap: JourneyMap, state: CustomerState | None, ev: Item) -> Step:
+    """Apply one event or clock reading to one customer's state (``None``: a new customer)."""
+    if isinstance(ev, Clock):
+        return _apply_clock(jmap, state, ev) if state is not None else Step(state, None)  # type: ignore[arg-type]
     if state is not None and ev.event_id in state.recent_ids:
         return Step(state, None, duplicate=True)
 
@@ -89,6 +102,11 @@ def apply(jmap: JourneyMap, state: CustomerState | None, ev: Touchpoint) -> Step
 
     if state is None:
         assert target is not None  # a new customer always lands somewhere
+        x = Extras()
+        target = on_event(
+            jmap, x, ev.customer_id, target.name, target, ev.type, ev.event_id, ev.ts, ev.properties, 0
+        )
+        assert target is not None
         new = CustomerState(
             customer_id=ev.customer_id,
             stage=target.name,
@@ -100,13 +118,23 @@ def apply(jmap: JourneyMap, state: CustomerState | None, ev: Touchpoint) -> Step
             events=1,
             type_counts={ev.type: 1},
             recent_ids=(ev.event_id,),
+            stall=x.stall,
+            drift=x.drift,
+            nudges=x.nudges,
         )
         return Step(
-            new, Transition(ev.customer_id, None, target.name, ev.event_id, ev.type, ev.channel, ev.ts, None)
+            new,
+            Transition(ev.customer_id, None, target.name, ev.event_id, ev.type, ev.channel, ev.ts, None),
+            outputs=tuple(x.outputs),
         )
 
+    x = Extras(state.stall, state.drift, state.nudges)
+    seen_before = state.type_counts.get(ev.type, 0)
+    target = on_event(
+        jmap, x, ev.customer_id, state.stage, target, ev.type, ev.event_id, ev.ts, ev.properties, seen_before
+    )
     counts = dict(state.type_counts)
-    counts[ev.type] = counts.get(ev.type, 0) + 1
+    counts[ev.type] = seen_before + 1
     recent = (*state.recent_ids[-(DEDUP_WINDOW - 1) :], ev.event_id)
     transition: Transition | None = None
     stage, entered, stages = state.stage, state.stage_entered_at, state.stages
@@ -135,8 +163,57 @@ def apply(jmap: JourneyMap, state: CustomerState | None, ev: Touchpoint) -> Step
         events=state.events + 1,
         type_counts=counts,
         recent_ids=recent,
+        stall=x.stall,
+        drift=x.drift,
+        nudges=x.nudges,
     )
-    return Step(new, transition)
+    return Step(new, transition, outputs=tuple(x.outputs))
+
+
+def _apply_clock(jmap: JourneyMap, state: CustomerState, clock: Clock) -> Step:
+    x = Extras(state.stall, state.drift, state.nudges)
+    moved = on_clock(
+        jmap, x, state.customer_id, state.stage, state.stage_entered_at, state.last_event_at, clock.now
+    )
+    transition = None
+    stage, entered, stages = state.stage, state.stage_entered_at, state.stages
+    if moved is not None:
+        target, at = moved
+        transition = _clock_transition(state.customer_id, state.stage, state.stage_entered_at, target, at)
+        stage, entered = target.name, at
+        if target.name not in stages:
+            stages = {**stages, target.name: at}
+    if (
+        transition is None
+        and not x.outputs
+        and x.stall is state.stall
+        and x.drift is state.drift
+        and x.nudges is state.nudges
+    ):
+        return Step(state, None)
+    new = CustomerState(
+        customer_id=state.customer_id,
+        stage=stage,
+        stage_entered_at=entered,
+        stages=stages,
+        first_touch_channel=state.first_touch_channel,
+        first_touch_at=state.first_touch_at,
+        last_event_at=state.last_event_at,
+        events=state.events,
+        type_counts=state.type_counts,
+        recent_ids=state.recent_ids,
+        stall=x.stall,
+        drift=x.drift,
+        nudges=x.nudges,
+    )
+    return Step(new, transition, outputs=tuple(x.outputs))
+
+
+def _clock_transition(cid: str, from_stage: str, entered: int, target: Stage, at: int) -> Transition:
+    """A move a clock reading caused (inactivity): its id comes from the deadline."""
+    return Transition(
+        cid, from_stage, target.name, f"inactive:{at}", "inactivity", CLOCK_CHANNEL, at, max(0, at - entered)
+    )
 
 
 @dataclass(slots=True)
@@ -147,6 +224,9 @@ class CustomerFold:
     transitions: list[Transition] = field(default_factory=list)
     applied: int = 0
     duplicates: int = 0
+    outputs: list[Output] = field(default_factory=list)
+    clocks: int = 0  # clock readings applied
+    changed: bool = False  # the state differs from the one folded from
 
 
 # Id look-ups a working state answers by scanning its list before it builds a set.
@@ -167,6 +247,7 @@ class _Working:
     __slots__ = (
         "customer_id",
         "events",
+        "extras",
         "first_touch_at",
         "first_touch_channel",
         "last_event_at",
@@ -192,6 +273,7 @@ class _Working:
         self.recent = list(state.recent_ids)
         self.seen: set[str] | None = None
         self.lookups = 0
+        self.extras = Extras(state.stall, state.drift, state.nudges)
 
     def duplicate(self, event_id: str) -> bool:
         seen = self.seen
@@ -205,7 +287,8 @@ class _Working:
     def apply(self, jmap: JourneyMap, ev: Touchpoint) -> Transition | None:
         """Apply one event that is not a duplicate (the caller checked ``seen``)."""
         counts = self.type_counts
-        counts[ev.type] = counts.get(ev.type, 0) + 1
+        seen_before = counts.get(ev.type, 0)
+        counts[ev.type] = seen_before + 1
         recent = self.recent
         recent.append(ev.event_id)
         seen = self.seen
@@ -219,6 +302,18 @@ class _Working:
         if ev.ts > self.last_event_at:
             self.last_event_at = ev.ts
         target = target_stage(jmap, self.stage, ev.type)
+        target = on_event(
+            jmap,
+            self.extras,
+            ev.customer_id,
+            self.stage,
+            target,
+            ev.type,
+            ev.event_id,
+            ev.ts,
+            ev.properties,
+            seen_before,
+        )
         if target is None:
             return None
         t = Transition(
@@ -235,6 +330,25 @@ class _Working:
         self.stages.setdefault(target.name, ev.ts)
         return t
 
+    def clock(self, jmap: JourneyMap, clock: Clock) -> Transition | None:
+        """Apply a clock reading."""
+        moved = on_clock(
+            jmap,
+            self.extras,
+            self.customer_id,
+            self.stage,
+            self.stage_entered_at,
+            self.last_event_at,
+            clock.now,
+        )
+        if moved is None:
+            return None
+        target, at = moved
+        t = _clock_transition(self.customer_id, self.stage, self.stage_entered_at, target, at)
+        self.stage, self.stage_entered_at = target.name, at
+        self.stages.setdefault(target.name, at)
+        return t
+
     def freeze(self) -> CustomerState:
         return CustomerState(
             customer_id=self.customer_id,
@@ -247,21 +361,36 @@ class _Working:
             events=self.events,
             type_counts=self.type_counts,
             recent_ids=tuple(self.recent),
+            stall=self.extras.stall,
+            drift=self.extras.drift,
+            nudges=self.extras.nudges,
         )
 
 
-def fold_customer(
-    jmap: JourneyMap, state: CustomerState | None, events: Iterable[Touchpoint]
-) -> CustomerFold:
-    """Apply one customer's events in order, collecting transitions and counts.
+def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterable[Item]) -> CustomerFold:
+    """Apply one customer's events and clock readings in order, collecting
+    transitions, outputs and counts.
 
-    The same result as :func:`apply` event by event, with one working copy of
+    The same result as :func:`apply` item by item, with one working copy of
     the state for the whole run (see :class:`_Working`).
     """
     out = CustomerFold(state)
     work: _Working | None = None
     transitions = out.transitions
     for ev in events:
+        if isinstance(ev, Clock):
+            if work is None:
+                if state is None:
+                    continue  # a clock reading for nobody (an erased customer, say)
+                work = _Working(state)
+            out.clocks += 1
+            before = len(work.extras.outputs)
+            t = work.clock(jmap, ev)
+            if t is not None:
+                transitions.append(t)
+            if t is not None or len(work.extras.outputs) != before or _extras_moved(work, state):
+                out.changed = True
+            continue
         if work is None:
             if state is None:
                 step = apply(jmap, None, ev)  # a new customer: the first event makes the state
@@ -269,6 +398,7 @@ def fold_customer(
                 transitions.append(step.transition)
                 out.applied += 1
                 work = _Working(step.state)
+                work.extras.outputs.extend(step.outputs)
                 continue
             work = _Working(state)
         if work.duplicate(ev.event_id):
@@ -278,12 +408,25 @@ def fold_customer(
         t = work.apply(jmap, ev)
         if t is not None:
             transitions.append(t)
-    if work is not None and out.applied:
-        out.state = work.freeze()
+    if work is not None:
+        out.outputs = work.extras.outputs
+        if out.applied or out.changed:
+            out.changed = True
+            out.state = work.freeze()
     return out
 
 
-def fold(jmap: JourneyMap, events: Iterable[Touchpoint]) -> dict[str, CustomerState]:
+def _extras_moved(work: _Working, state: CustomerState | None) -> bool:
+    x = work.extras
+    return (
+        state is None
+        or x.stall is not state.stall
+        or x.drift is not state.drift
+        or x.nudges is not state.nudges
+    )
+
+
+def fold(jmap: JourneyMap, events: Iterable[Item]) -> dict[str, CustomerState]:
     """The plain fold: every customer's final state after all events, in order.
 
     The streaming worker must end with exactly this, whatever its batching,
@@ -291,14 +434,16 @@ def fold(jmap: JourneyMap, events: Iterable[Touchpoint]) -> dict[str, CustomerSt
     """
     states: dict[str, CustomerState] = {}
     for ev in events:
-        states[ev.customer_id] = apply(jmap, states.get(ev.customer_id), ev).state
+        new = apply(jmap, states.get(ev.customer_id), ev).state
+        if new is not None:
+            states[ev.customer_id] = new
     return states
 
 
 def fold_batch(
     jmap: JourneyMap,
     states: dict[str, CustomerState | None],
-    events: Iterable[Touchpoint],
+    events: Iterable[Item],
 ) -> dict[str, CustomerFold]:
     """Fold a batch of events for many customers, each in arrival order.
 
@@ -306,7 +451,7 @@ def fold_batch(
     for new ones). This is what the worker calls per batch; folding a stream
     in batches of any size gives the same states as :func:`fold`.
     """
-    runs: dict[str, list[Touchpoint]] = {}
+    runs: dict[str, list[Item]] = {}
     for ev in events:
         runs.setdefault(ev.customer_id, []).append(ev)
     return {cid: fold_customer(jmap, states.get(cid), evs) for cid, evs in runs.items()}

@@ -22,6 +22,44 @@ from models.timeutil import ms_to_iso
 # not recognised by id; the worker also skips redelivered Kafka records by
 # offset, so this bounds only duplicates re-sent by the apps themselves.
 DEDUP_WINDOW: Final = 128
+# How many drift signal hits and nudges a customer keeps, newest last (explanations, the API).
+SIGNALS_KEPT: Final = 8
+NUDGES_KEPT: Final = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """An open stall episode: the customer sat in ``stage`` past its threshold."""
+
+    episode_id: str
+    stage: str
+    since: int  # event time the stage was entered
+    deadline: int  # last activity + the stage's stall_after
+    detected_at: int  # the worker clock that found it
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """A customer's drift score toward loyalty (up) or defection (down)."""
+
+    score: float
+    at: int  # event time the score was brought to (its decay reference)
+    at_risk: bool = False  # below the risk bar since the last crossing
+    inactive: bool = False  # the inactivity signal was applied for the current quiet spell
+    signals: tuple[tuple[str, float, int], ...] = ()  # last hits: (signal, change, event time)
+
+
+@dataclass(frozen=True, slots=True)
+class NudgeRef:
+    """A nudge the core decided for a customer, and its outcome once known."""
+
+    nudge_id: str
+    kind: str
+    stage: str
+    created_at: int
+    window_end: int
+    held_out: bool
+    outcome: str | None = None  # None while open; "converted" or "not_converted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +76,51 @@ class CustomerState:
     events: int  # distinct events applied
     type_counts: Mapping[str, int] = field(default_factory=dict)
     recent_ids: tuple[str, ...] = ()
+    stall: Stall | None = None
+    drift: Drift | None = None
+    nudges: tuple[NudgeRef, ...] = ()
 
     def to_api(self) -> dict[str, Any]:
         """The customer as the web API shows it."""
+        out = self._api_journey()
+        out["stall"] = (
+            None
+            if self.stall is None
+            else {
+                "episode_id": self.stall.episode_id,
+                "stage": self.stall.stage,
+                "since": ms_to_iso(self.stall.since),
+                "deadline": ms_to_iso(self.stall.deadline),
+                "detected_at": ms_to_iso(self.stall.detected_at),
+            }
+        )
+        out["drift"] = (
+            None
+            if self.drift is None
+            else {
+                "score": round(self.drift.score, 3),
+                "at": ms_to_iso(self.drift.at),
+                "at_risk": self.drift.at_risk,
+                "signals": [
+                    {"signal": n, "change": round(d, 3), "at": ms_to_iso(at)}
+                    for n, d, at in self.drift.signals
+                ],
+            }
+        )
+        out["nudges"] = [
+            {
+                "nudge_id": n.nudge_id,
+                "kind": n.kind,
+                "stage": n.stage,
+                "created_at": ms_to_iso(n.created_at),
+                "held_out": n.held_out,
+                "outcome": n.outcome,
+            }
+            for n in self.nudges
+        ]
+        return out
+
+    def _api_journey(self) -> dict[str, Any]:
         return {
             "customer_id": self.customer_id,
             "stage": self.stage,
@@ -67,7 +147,22 @@ def state_to_dict(state: CustomerState) -> dict[str, Any]:
         "n": state.events,
         "tc": state.type_counts,
         "r": state.recent_ids,
+        **({} if state.stall is None else {"sl": _stall_list(state.stall)}),
+        **({} if state.drift is None else {"dr": _drift_list(state.drift)}),
+        **({} if not state.nudges else {"nu": [_nudge_list(n) for n in state.nudges]}),
     }
+
+
+def _stall_list(s: Stall) -> list[Any]:
+    return [s.episode_id, s.stage, s.since, s.deadline, s.detected_at]
+
+
+def _drift_list(d: Drift) -> list[Any]:
+    return [d.score, d.at, d.at_risk, d.inactive, [list(x) for x in d.signals]]
+
+
+def _nudge_list(n: NudgeRef) -> list[Any]:
+    return [n.nudge_id, n.kind, n.stage, n.created_at, n.window_end, n.held_out, n.outcome]
 
 
 def state_from_dict(d: Mapping[str, Any]) -> CustomerState:
@@ -83,7 +178,14 @@ def state_from_dict(d: Mapping[str, Any]) -> CustomerState:
         events=d["n"],
         type_counts=d["tc"],
         recent_ids=tuple(d["r"]),
+        stall=Stall(*d["sl"]) if "sl" in d else None,
+        drift=_drift_from(d["dr"]) if "dr" in d else None,
+        nudges=tuple(NudgeRef(*n) for n in d["nu"]) if "nu" in d else (),
     )
+
+
+def _drift_from(x: list[Any]) -> Drift:
+    return Drift(x[0], x[1], x[2], x[3], tuple((n, c, at) for n, c, at in x[4]))
 
 
 def encode_state(state: CustomerState) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from models import Touchpoint, load_map
+from models.events import Clock
 
 MAP = load_map()
 TYPES = sorted(MAP.event_types)
@@ -28,6 +29,32 @@ def touchpoints(draw: st.DrawFn, customers: int = 4, max_events: int = 60) -> li
                 channel=draw(st.sampled_from(CHANNELS)),
                 # Mostly increasing, sometimes late: out-of-order delivery.
                 ts=T0 + draw(st.integers(-3_600_000, 30 * 86_400_000)),
+                properties=draw(PROPERTIES),
             )
         )
+    return out
+
+
+# What drift signals read: ratings, feedback scores, order values (sometimes junk).
+PROPERTIES = st.none() | st.fixed_dictionaries(
+    {},
+    optional={
+        "rating": st.integers(1, 5) | st.just("five"),
+        "score": st.integers(0, 10),
+        "order_value": st.floats(0, 2000, allow_nan=False) | st.just(-5),
+    },
+)
+
+
+@st.composite
+def journeys(draw: st.DrawFn, customers: int = 3, max_items: int = 60) -> list[Touchpoint | Clock]:
+    """Events with the worker's clock readings among them, spanning months,
+    so stalls, inactivity, defection and nudge windows all happen."""
+    events = draw(touchpoints(customers=customers, max_events=max_items))
+    out: list[Touchpoint | Clock] = []
+    for ev in events:
+        if draw(st.integers(0, 3)) == 0:
+            later = draw(st.integers(0, 400 * 86_400_000))
+            out.append(Clock(ev.customer_id, ev.ts + later))
+        out.append(ev)
     return out

@@ -17,8 +17,10 @@ from models import (
     fold_batch,
     fold_customer,
 )
+from models.events import Clock
+from models.outputs import Nudge, NudgeOutcome, Recovered, StallRecord
 from models.state import DEDUP_WINDOW
-from tests.models.strategies import MAP, T0, TYPES, touchpoints
+from tests.models.strategies import MAP, T0, TYPES, journeys, touchpoints
 
 HOUR = 3_600_000
 _ids = itertools.count()
@@ -130,10 +132,12 @@ def test_redelivery_changes_nothing(events: list[Touchpoint]) -> None:
     assert fold(MAP, events + events[: len(events) // 2]) == expected
 
 
-@given(touchpoints(), st.lists(st.integers(1, 20), min_size=1, max_size=10))
-def test_any_batching_equals_the_plain_fold(events: list[Touchpoint], sizes: list[int]) -> None:
-    """The worker's per-batch, per-customer folding ends where the plain fold does."""
+@given(journeys(), st.lists(st.integers(1, 20), min_size=1, max_size=10))
+def test_any_batching_equals_the_plain_fold(events: list[Touchpoint | Clock], sizes: list[int]) -> None:
+    """The worker's per-batch, per-customer folding ends where the plain fold
+    does, clock readings included, and says the same things on the way."""
     states: dict[str, CustomerState | None] = {}
+    said: dict[str, list[object]] = {}
     i = 0
     for size in itertools.cycle(sizes):
         if i >= len(events):
@@ -141,13 +145,72 @@ def test_any_batching_equals_the_plain_fold(events: list[Touchpoint], sizes: lis
         batch = events[i : i + size]
         i += size
         for cid, out in fold_batch(MAP, states, batch).items():
-            states[cid] = out.state
+            if out.state is not None:
+                states[cid] = out.state
+            said.setdefault(cid, []).extend([*out.transitions, *out.outputs])
     assert states == fold(MAP, events)
+    plain: dict[str, CustomerState | None] = {}
+    want: dict[str, list[object]] = {}
+    for ev in events:
+        step = apply(MAP, plain.get(ev.customer_id), ev)
+        plain[ev.customer_id] = step.state
+        got = want.setdefault(ev.customer_id, [])
+        got.extend([step.transition] if step.transition else [])
+        got.extend(step.outputs)
+    # Per customer the same records, though a batch lists its transitions before its outputs.
+    for cid, records in want.items():
+        assert sorted(map(repr, said.get(cid, []))) == sorted(map(repr, records))
 
 
-@given(touchpoints())
-def test_transitions_chain_and_move_only_forward_unless_exit_or_move(events: list[Touchpoint]) -> None:
-    by_customer: dict[str, list[Touchpoint]] = {}
+@given(journeys())
+def test_a_clock_reading_applied_twice_changes_nothing_more(events: list[Touchpoint | Clock]) -> None:
+    state: CustomerState | None = None
+    for ev in events:
+        if ev.customer_id != "c0":
+            continue
+        step = apply(MAP, state, ev)
+        state = step.state
+        if isinstance(ev, Clock) and state is not None:
+            again = apply(MAP, state, ev)
+            assert again.state == state and again.transition is None and again.outputs == ()
+
+
+@given(journeys())
+def test_stalls_recoveries_and_nudges_pair_up(events: list[Touchpoint | Clock]) -> None:
+    """One stall record per episode, a recovery only for an open episode, one
+    nudge per id, and an outcome only for a nudge decided before."""
+    for cid in {e.customer_id for e in events}:
+        out = fold_customer(MAP, None, [e for e in events if e.customer_id == cid])
+        open_episode: str | None = None
+        episodes: set[str] = set()
+        nudges: set[str] = set()
+        outcomes: set[str] = set()
+        for o in out.outputs:
+            if isinstance(o, StallRecord):
+                assert open_episode is None and o.episode_id not in episodes
+                open_episode = o.episode_id
+                episodes.add(o.episode_id)
+                assert o.detected_at >= o.deadline
+            elif isinstance(o, Recovered):
+                assert o.episode_id == open_episode
+                open_episode = None
+            elif isinstance(o, Nudge):
+                assert o.nudge_id not in nudges
+                nudges.add(o.nudge_id)
+            elif isinstance(o, NudgeOutcome):
+                assert o.nudge_id in nudges and o.nudge_id not in outcomes
+                outcomes.add(o.nudge_id)
+        state = out.state
+        assert (state is None and open_episode is None) or (
+            (state.stall.episode_id if state and state.stall else None) == open_episode
+        )
+
+
+@given(journeys())
+def test_transitions_chain_and_move_only_forward_unless_exit_or_move(
+    events: list[Touchpoint | Clock],
+) -> None:
+    by_customer: dict[str, list[Touchpoint | Clock]] = {}
     for ev in events:
         by_customer.setdefault(ev.customer_id, []).append(ev)
     final = fold(MAP, events)
@@ -163,14 +226,20 @@ def test_transitions_chain_and_move_only_forward_unless_exit_or_move(events: lis
                 explicit = any(
                     t.event_type in m.on and prev in m.from_ and t.to_stage == m.to for m in MAP.moves
                 )
-                assert forward or exit_ or explicit, t
+                by_score = (
+                    MAP.drift is not None
+                    and t.to_stage == MAP.drift.loyalty_stage
+                    and out.state.drift is not None
+                )
+                assert forward or exit_ or explicit or by_score, t
                 assert t.previous_stage_ms is not None and t.previous_stage_ms >= 0
             prev = t.to_stage
         assert prev == out.state.stage
         assert out.state.stage in out.state.stages
         # Distinct ids applied (the window is not reached at this size).
-        assert out.state.events == len({e.event_id for e in evs}) == out.applied
-        assert out.applied + out.duplicates == len(evs)
+        tps = [e for e in evs if isinstance(e, Touchpoint)]
+        assert out.state.events == len({e.event_id for e in tps}) == out.applied
+        assert out.applied + out.duplicates == len(tps)
         assert sum(out.state.type_counts.values()) == out.state.events
 
 
@@ -200,7 +269,7 @@ def test_the_batch_fold_equals_applying_one_by_one_past_the_dedup_window(
 
 
 @settings(max_examples=200)
-@given(touchpoints())
-def test_state_encoding_roundtrips(events: list[Touchpoint]) -> None:
+@given(journeys())
+def test_state_encoding_roundtrips(events: list[Touchpoint | Clock]) -> None:
     for state in fold(MAP, events).values():
         assert decode_state(encode_state(state)) == state

@@ -1,0 +1,226 @@
+"""Stalls, drift and nudges around the stage rules: what an event or a clock
+reading does to a customer beyond the stage move itself.
+
+Shared by the plain reducer (:func:`models.reducer.apply`) and the batch
+fold, so both give the same result. Pure: the caller passes the clock
+(``now``), which the worker reads from its injectable clock and carries in
+a clock record through the touchpoints topic (README "Clock policy").
+
+* **Stall.** A customer whose stage has a ``stall_after`` and who shows no
+  activity for that long after their last event (event time) is stalled
+  once per stage visit: an episode with an id from customer, stage and
+  stage entry. A move to another stage ends it (``recovered``).
+* **Drift.** From the first time a customer reaches the drift rules'
+  ``after`` stage, signals move a score (:mod:`models.drift`). At or above
+  the loyalty bar, from a stage listed in ``loyalty_from``, the customer
+  moves to the loyalty stage. Crossing the risk bar downward emits one
+  ``churn_risk`` per crossing. Inactivity past ``inactive_after`` fires the
+  inactivity signal once per quiet spell; past ``defect_after`` the customer
+  defects.
+* **Nudges.** A stall, a churn risk or a move to loyalty may earn a nudge
+  (:mod:`models.nudges`); a stall detected more than the map's ``max_age``
+  after its deadline earns none (a backfilled cart from last week). Each
+  nudge is tracked until the customer converts within its window or the
+  window ends, and an outcome record says which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from models import drift as scoring
+from models.journey_map import JourneyMap, Stage
+from models.nudges import decide, remember
+from models.outputs import ChurnRisk, NudgeOutcome, Output, Recovered, StallRecord, stable_id
+from models.rules import Trigger
+from models.state import Drift, NudgeRef, Stall
+
+
+@dataclass(slots=True)
+class Extras:
+    """The stall, drift and nudge parts of a customer's state, while being changed."""
+
+    stall: Stall | None = None
+    drift: Drift | None = None
+    nudges: tuple[NudgeRef, ...] = ()
+    outputs: list[Output] = field(default_factory=list)
+
+
+def _nudge(
+    jmap: JourneyMap,
+    x: Extras,
+    trigger: Trigger,
+    stage: str,
+    cid: str,
+    key: str,
+    at: int,
+    reason: dict[str, Any],
+) -> None:
+    decided = decide(jmap, trigger, stage, cid, key, at, reason)
+    if decided is not None:
+        nudge, ref = decided
+        before = x.nudges
+        x.nudges = remember(before, ref)
+        if x.nudges is not before:
+            x.outputs.append(nudge)
+
+
+def _close_nudges(x: Extras, cid: str, at: int, converted: Any) -> None:
+    """Settle open nudges: ``converted(ref)`` True converts, else windows past ``at`` lapse."""
+    if not x.nudges or all(r.outcome is not None for r in x.nudges):
+        return
+    refs = []
+    for r in x.nudges:
+        if r.outcome is None:
+            if at <= r.window_end and converted(r):
+                r = NudgeRef(r.nudge_id, r.kind, r.stage, r.created_at, r.window_end, r.held_out, "converted")
+                x.outputs.append(NudgeOutcome(r.nudge_id, cid, r.kind, r.held_out, True, at))
+            elif at > r.window_end:
+                r = NudgeRef(
+                    r.nudge_id, r.kind, r.stage, r.created_at, r.window_end, r.held_out, "not_converted"
+                )
+                x.outputs.append(NudgeOutcome(r.nudge_id, cid, r.kind, r.held_out, False, r.window_end))
+        refs.append(r)
+    x.nudges = tuple(refs)
+
+
+def on_event(
+    jmap: JourneyMap,
+    x: Extras,
+    cid: str,
+    stage: str,
+    target: Stage | None,
+    ev_type: str,
+    ev_id: str,
+    ts: int,
+    props: dict[str, Any] | None,
+    seen_before: int,
+) -> Stage | None:
+    """Apply an event's stall, drift and nudge effects; return the final target
+    stage (the loyalty bar may move the customer further than the rules do)."""
+    rules = jmap.drift
+    if rules is not None:
+        if x.drift is None and (
+            (target is not None and target.name == rules.after) or (target is None and stage == rules.after)
+        ):
+            x.drift = Drift(0.0, ts)
+        d = x.drift
+        if d is not None:
+            fired = scoring.hits(rules, ev_type, props, seen_before)
+            if fired or d.inactive:
+                new = scoring.add(rules, d, fired, ts)
+                if scoring.crossed_risk(rules, d, new):
+                    new = Drift(new.score, new.at, True, new.inactive, new.signals)
+                    at_stage = target.name if target is not None else stage
+                    x.outputs.append(
+                        ChurnRisk(stable_id("risk", cid, ev_id), cid, at_stage, new.score, new.signals, ts)
+                    )
+                    _nudge(jmap, x, "churn_risk", at_stage, cid, ev_id, ts, _signals_reason(new))
+                elif new.at_risk and new.score > rules.risk_at:
+                    new = Drift(new.score, new.at, False, new.inactive, new.signals)
+                x.drift = d = new
+            if rules.loyalty_stage is not None and stage != rules.loyalty_stage and scoring.loyal(rules, d):
+                after = target.name if target is not None else stage
+                if after in rules.loyalty_from:
+                    target = jmap.stage_by_name[rules.loyalty_stage]
+
+    if target is not None:
+        here = jmap.stage_by_name[stage]
+        if x.stall is not None:
+            s = x.stall
+            x.outputs.append(Recovered(s.episode_id, cid, s.stage, target.name, ts, ev_id))
+            x.stall = None
+
+        def converted(r: NudgeRef) -> bool:
+            nudged_at = jmap.stage_by_name[r.stage]
+            return not r_converts_on(jmap, r) and target.index > nudged_at.index and not target.exit
+
+        _close_nudges(x, cid, ts, lambda r: converted(r) or ev_type in r_converts_on(jmap, r))
+        if rules is not None and target.name == rules.loyalty_stage and here.name != target.name:
+            reason = _signals_reason(x.drift) if x.drift is not None else {}
+            _nudge(jmap, x, "loyalty", target.name, cid, ev_id, ts, reason)
+    elif x.nudges:
+        _close_nudges(x, cid, ts, lambda r: ev_type in r_converts_on(jmap, r))
+    return target
+
+
+def r_converts_on(jmap: JourneyMap, r: NudgeRef) -> frozenset[str]:
+    policy = jmap.nudges.kind(r.kind)
+    return policy.converts_on if policy is not None else frozenset()
+
+
+def _signals_reason(d: Drift) -> dict[str, Any]:
+    return {"score": round(d.score, 3), "signals": [n for n, _, _ in d.signals]}
+
+
+def next_deadline(jmap: JourneyMap, stage: str, last_event_at: int, x: Extras) -> int | None:
+    """The earliest time a clock reading can change this customer, or None."""
+    due: list[int] = []
+    st = jmap.stage_by_name[stage]
+    if st.stall_after_s is not None and x.stall is None:
+        due.append(last_event_at + st.stall_after_s * 1000)
+    rules = jmap.drift
+    if rules is not None and x.drift is not None and not st.exit:
+        if rules.inactive_after_s and not x.drift.inactive:
+            due.append(last_event_at + rules.inactive_after_s * 1000)
+        due.append(last_event_at + rules.defect_after_s * 1000)
+    for r in x.nudges:
+        if r.outcome is None:
+            due.append(r.window_end + 1)
+    return min(due) if due else None
+
+
+def on_clock(
+    jmap: JourneyMap, x: Extras, cid: str, stage: str, stage_entered_at: int, last_event_at: int, now: int
+) -> tuple[Stage, int] | None:
+    """Apply a clock reading ``now``; return (defection stage, its time) if the
+    customer defects for inactivity, else None."""
+    st = jmap.stage_by_name[stage]
+    if st.stall_after_s is not None and x.stall is None:
+        deadline = last_event_at + st.stall_after_s * 1000
+        if now >= deadline:
+            episode = stable_id("stall", cid, stage, stage_entered_at)
+            x.stall = Stall(episode, stage, stage_entered_at, deadline, now)
+            x.outputs.append(
+                StallRecord(episode, cid, stage, stage_entered_at, st.stall_after_s, deadline, now)
+            )
+            if now - deadline <= jmap.nudges.max_age_s * 1000:
+                _nudge(
+                    jmap,
+                    x,
+                    "stall",
+                    stage,
+                    cid,
+                    episode,
+                    now,
+                    {"episode_id": episode, "since": stage_entered_at},
+                )
+    _close_nudges(x, cid, now, lambda r: False)
+    rules = jmap.drift
+    if rules is None or x.drift is None or st.exit:
+        return None
+    d = x.drift
+    if rules.inactive_after_s and not d.inactive:
+        spell = last_event_at + rules.inactive_after_s * 1000
+        if now >= spell:
+            new = scoring.add(rules, d, [(scoring.INACTIVITY, rules.inactive_weight)], spell)
+            new = Drift(new.score, new.at, d.at_risk, True, new.signals)
+            if scoring.crossed_risk(rules, d, new):
+                new = Drift(new.score, new.at, True, True, new.signals)
+                key = f"inactive:{spell}"
+                x.outputs.append(
+                    ChurnRisk(stable_id("risk", cid, key), cid, stage, new.score, new.signals, spell)
+                )
+                _nudge(jmap, x, "churn_risk", stage, cid, key, now, _signals_reason(new))
+            x.drift = new
+    gone = last_event_at + rules.defect_after_s * 1000
+    if now >= gone and stage != rules.defect_stage:
+        if x.stall is not None:
+            s = x.stall
+            x.outputs.append(
+                Recovered(s.episode_id, cid, s.stage, rules.defect_stage, gone, f"inactive:{gone}")
+            )
+            x.stall = None
+        return jmap.stage_by_name[rules.defect_stage], gone
+    return None

@@ -1,0 +1,152 @@
+"""What the core says happened besides transitions: stalls, recoveries,
+churn risks, nudges decided and nudge outcomes.
+
+Each is a frozen value with a deterministic id, so a replayed event or clock
+record yields the same record again and consumers drop repeats by id.
+``topic`` names the settings field of the topic it goes to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from models.timeutil import ms_to_iso
+
+
+def stable_id(*parts: object) -> str:
+    """A 128-bit hex id from its parts (blake2b), the same on every run."""
+    text = "\x00".join(str(p) for p in parts)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StallRecord:
+    """A stall episode began (one per episode)."""
+
+    topic = "stalls_topic"
+    episode_id: str
+    customer_id: str
+    stage: str
+    since: int
+    threshold_s: int
+    deadline: int
+    detected_at: int
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "type": "stall",
+            "episode_id": self.episode_id,
+            "customer_id": self.customer_id,
+            "stage": self.stage,
+            "since": ms_to_iso(self.since),
+            "threshold_seconds": self.threshold_s,
+            "deadline": ms_to_iso(self.deadline),
+            "detected_at": ms_to_iso(self.detected_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """Activity moved a stalled customer on: the episode ended."""
+
+    topic = "stalls_topic"
+    episode_id: str
+    customer_id: str
+    stage: str
+    to_stage: str
+    at: int
+    event_id: str
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "type": "recovered",
+            "episode_id": self.episode_id,
+            "customer_id": self.customer_id,
+            "stage": self.stage,
+            "to_stage": self.to_stage,
+            "at": ms_to_iso(self.at),
+            "event_id": self.event_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ChurnRisk:
+    """The drift score crossed the risk bar (downward)."""
+
+    topic = "drift_topic"
+    risk_id: str
+    customer_id: str
+    stage: str
+    score: float
+    signals: tuple[tuple[str, float, int], ...]
+    at: int
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "type": "churn_risk",
+            "risk_id": self.risk_id,
+            "customer_id": self.customer_id,
+            "stage": self.stage,
+            "score": round(self.score, 3),
+            "signals": [{"signal": n, "change": round(c, 3), "at": ms_to_iso(t)} for n, c, t in self.signals],
+            "at": ms_to_iso(self.at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Nudge:
+    """A nudge the policy decided; the worker's gate (caps, cooldowns, quiet
+    hours, in Redis) decides whether and when it goes out."""
+
+    topic = "nudges_topic"
+    nudge_id: str
+    customer_id: str
+    kind: str
+    channel: str
+    stage: str
+    trigger: str
+    reason: dict[str, Any]
+    created_at: int  # event or clock time of the decision
+    held_out: bool
+    cooldown_s: int
+
+    def to_record(self, sent_at: int | None = None) -> dict[str, Any]:
+        return {
+            "nudge_id": self.nudge_id,
+            "customer_id": self.customer_id,
+            "kind": self.kind,
+            "channel": self.channel,
+            "reason": {"trigger": self.trigger, "stage": self.stage, **self.reason},
+            "created_at": ms_to_iso(self.created_at),
+            "held_out": self.held_out,
+            **({} if sent_at is None else {"sent_at": ms_to_iso(sent_at)}),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NudgeOutcome:
+    """Whether a nudged or held-out customer converted within the policy's window."""
+
+    topic = "outcomes_topic"
+    nudge_id: str
+    customer_id: str
+    kind: str
+    held_out: bool
+    converted: bool
+    at: int
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "type": "nudge_outcome",
+            "nudge_id": self.nudge_id,
+            "customer_id": self.customer_id,
+            "kind": self.kind,
+            "group": "held_out" if self.held_out else "nudged",
+            "converted": self.converted,
+            "at": ms_to_iso(self.at),
+        }
+
+
+Output = StallRecord | Recovered | ChurnRisk | Nudge | NudgeOutcome
