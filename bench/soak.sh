@@ -2,7 +2,7 @@
 # The engine's slow fault tests, outside `make test`: the join-then-leave
 # rebalance test N times in a row (default 20), then the 60 s broker outage.
 # Needs the local stack (deploy/local/stack.sh up); prints a line per run and
-# a last line `soak: P passed, F failed`.
+# a last line `soak: P passed, F failed`. Each run keeps its worker logs.
 #
 #   bench/soak.sh [RUNS]
 set -uo pipefail
@@ -13,12 +13,12 @@ runs="${1:-20}"
 logs="$(mktemp -d -t journey-soak-XXXX)"
 passed=0 failed=0
 for i in $(seq 1 "$runs"); do
-    if .venv/bin/pytest -q -p no:cacheprovider \
+    if .venv/bin/pytest -q -p no:cacheprovider --basetemp "$logs/run-$i" \
         "tests/integration/test_tracker.py::test_workers_joining_and_leaving_mid_stream_lose_nothing" \
         >"$logs/rebalance-$i.log" 2>&1; then
         passed=$((passed + 1)); echo "rebalance run $i: passed"
     else
-        failed=$((failed + 1)); echo "rebalance run $i: FAILED (log: $logs/rebalance-$i.log)"
+        failed=$((failed + 1)); echo "rebalance run $i: FAILED (log: $logs/rebalance-$i.log, workers: $logs/run-$i)"
     fi
 done
 if JOURNEY_TEST_LONG=1 .venv/bin/pytest -q -p no:cacheprovider \

@@ -113,6 +113,7 @@ class BatchRoute:
     on_fatal: Callable[[BaseException], None]
     positions: dict[int, int] = field(default_factory=dict)  # partition -> next offset to commit
     epochs: dict[int, int] = field(default_factory=dict)  # partition -> revocations seen
+    inflight: asyncio.Future[None] | None = None  # the batch being processed
 
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
@@ -254,7 +255,7 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
             marker = _InFlight()
             self._unacked_messages.add(marker)
             epochs = {p: fetch.epochs.get(p, route.epochs.get(p, 0)) for p in fetch.records}
-            task = asyncio.ensure_future(route.handler(fetch))
+            task = route.inflight = asyncio.ensure_future(route.handler(fetch))
             cancelled = False
             try:
                 try:
@@ -266,6 +267,7 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
                 route.on_fatal(exc)
                 raise
             finally:
+                route.inflight = None
                 marker.acked = True
                 self._unacked_messages.discard(marker)
                 notify(self._waiting_for_ack)
@@ -307,7 +309,29 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
                         self._committed_offset[tp] = offset
             return did_commit
 
+        async def _finish_inflight(self) -> None:
+            """Wait for the batch in hand to be written, whatever state the app is in.
+
+            Faust's ``wait_empty`` returns at once when the app is stopping, and
+            its revocation handler skips it then: a worker leaving the group
+            could still be writing a batch after another worker took the
+            partition over and recovered its changelog. That late changelog
+            value (written from the old state) then lands after the new owner's
+            own writes: the new owner reads it back through its recovery or
+            standby consumer and builds on it, or it stays the last value of
+            the key. Either way events are lost from the middle or the end of
+            a history. So no revocation and no stop goes ahead of it.
+            """
+            task = route.inflight
+            if task is not None and not task.done():
+                await asyncio.wait({task})  # neither raises nor cancels the batch
+
+        async def wait_empty(self) -> None:
+            await self._finish_inflight()
+            await super().wait_empty()
+
         async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+            await self._finish_inflight()
             route.revoke(tp.partition for tp in revoked if tp.topic == route.topic)
             await super().on_partitions_revoked(revoked)
 

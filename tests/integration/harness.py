@@ -233,6 +233,35 @@ def diff_states(got: dict[str, CustomerState], want: dict[str, CustomerState], l
     return "\n".join(lines)
 
 
+def forensics(
+    settings: Settings, got: dict[str, CustomerState], want: dict[str, CustomerState], limit: int = 3
+) -> str:
+    """For a few customers that differ: where their events sit in the
+    touchpoints topic, and every changelog value written for them (changelog
+    offset, source offset of the last event applied, events applied, last
+    ids), so a failure shows which write started from which state."""
+    wrong = [c for c in want if got.get(c) != want[c]][:limit]
+    if not wrong:
+        return ""
+    keys = {c.encode() for c in wrong}
+    lines = ["forensics:"]
+    events: dict[bytes, list[str]] = {k: [] for k in keys}
+    for rec in read_topic(settings, settings.touchpoints_topic):
+        if rec.key in keys:
+            eid = orjson.loads(rec.value).get("event_id", "?") if rec.value else "?"
+            events[rec.key].append(f"{eid}@{rec.partition}:{rec.offset}")
+    writes: dict[bytes, list[str]] = {k: [] for k in keys}
+    for rec in read_topic(settings, settings.changelog_topic):
+        if rec.key in keys and rec.value is not None:
+            o, st = decode_stored(rec.value)
+            last = st.recent_ids[-2:]
+            writes[rec.key].append(f"  cl {rec.partition}:{rec.offset} o={o} n={st.events} last={last}")
+    for k in sorted(keys):
+        lines.append(f" {k.decode()} events: {' '.join(events[k])}")
+        lines.extend(writes[k])
+    return "\n".join(lines)
+
+
 def assert_equals_fold(settings: Settings, want: Expected) -> None:
     """State, dead letters and transitions equal the fold's, once repeats are dropped.
 
@@ -240,7 +269,7 @@ def assert_equals_fold(settings: Settings, want: Expected) -> None:
     crash or rebalance; consumers drop them by source and by id, so do we.
     """
     got = stored_states(settings)
-    assert got == want.states, diff_states(got, want.states)
+    assert got == want.states, diff_states(got, want.states) + "\n" + forensics(settings, got, want.states)
     dead, _ = dead_letters(settings)
     assert dead == want.dead
     transitions, _ = transition_records(settings)

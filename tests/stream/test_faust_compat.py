@@ -314,3 +314,44 @@ def test_a_fetch_carries_the_revocations_seen_before_it_was_asked_for() -> None:
 
     c, handled = drain([plain])
     assert handled[0].epochs == {0: 0} and c.route.positions == {0: 5} and c.seeks == 0
+
+
+class FakeRevokeBase(FakeBase):
+    """Faust's revocation and wait_empty as they behave while the app stops:
+    neither waits for anything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self.events.append("revoked")
+
+    async def wait_empty(self) -> None:
+        self.events.append("wait_empty")
+
+
+@pytest.mark.parametrize("call", ["revoke", "wait_empty"])
+def test_no_revocation_or_stop_goes_ahead_of_the_batch_in_hand(call: str) -> None:
+    events: list[str] = []
+
+    async def handler(f: Fetch) -> None:
+        await asyncio.sleep(0.05)
+        events.append("batch written")
+
+    route = route_with(handler)
+    c = batch_consumer_class(FakeRevokeBase, route)()  # type: ignore[arg-type]
+    c.events = events
+
+    async def scenario() -> None:
+        batch = asyncio.ensure_future(c._run_batch(fetch(p0=[5])))
+        await asyncio.sleep(0.01)  # the batch is being written
+        if call == "revoke":
+            await c.on_partitions_revoked({TP("t", 0)})
+        else:
+            await c.wait_empty()
+        await batch
+
+    asyncio.run(scenario())
+    assert events == ["batch written", "revoked" if call == "revoke" else "wait_empty"]
+    assert route.inflight is None
