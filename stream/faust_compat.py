@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -114,10 +114,18 @@ class BatchRoute:
     positions: dict[int, int] = field(default_factory=dict)  # partition -> next offset to commit
     epochs: dict[int, int] = field(default_factory=dict)  # partition -> revocations seen
     inflight: asyncio.Future[None] | None = None  # the batch being processed
+    # partition -> the offset the next fetch must start at (the committed
+    # offset after a seek, then one past each processed fetch), and the last
+    # gap seen, so that a gap the log really has (transaction markers) is
+    # accepted the second time it is fetched.
+    expected: dict[int, int] = field(default_factory=dict)
+    gaps: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
             self.positions.pop(p, None)
+            self.expected.pop(p, None)
+            self.gaps.pop(p, None)
             self.epochs[p] = self.epochs.get(p, 0) + 1
 
 
@@ -182,7 +190,12 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
                         continue
                     why = self._overtaken(generation, epochs, ours)
                     if why:
-                        await self._seek_back(why)
+                        await self._seek_back(why, ours)
+                        continue
+                    for p in [p for p, recs in ours.items() if not self._contiguous(p, recs)]:
+                        await self.seek(TP(topic, p), route.expected[p])
+                        del ours[p]
+                    if not ours:
                         continue
                     for p, recs in ours.items():
                         route.lifecycle.fetched(p, recs[-1].offset + 1, self.highwater(TP(topic, p)))
@@ -222,15 +235,48 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
                     return f"partition {p} is no longer assigned"
             return None
 
-        async def _seek_back(self, why: str) -> None:
+        def _contiguous(self, partition: int, recs: Sequence[Any]) -> bool:
+            """Whether a fetch starts where the partition's processing stands.
+
+            A fetch that starts past it would commit over records nobody
+            applied. Whatever the cause, such a fetch is not processed: the
+            consumer seeks back to the expected offset. Offsets the log does
+            not have (transaction markers) come back as the same gap after
+            the seek, and are accepted then."""
+            expected = route.expected.get(partition)
+            first = recs[0].offset
+            if expected is None or first <= expected:
+                return True
+            gap = (expected, first)
+            if route.gaps.get(partition) == gap:
+                return True
+            route.gaps[partition] = gap
+            log.warning(
+                "fetch of %s[%d] starts at %d, past the expected %d: not processed; seeking back",
+                route.topic,
+                partition,
+                first,
+                expected,
+            )
+            return False
+
+        async def _seek_back(self, why: str, dropped: Mapping[int, Sequence[Any]] | None = None) -> None:
             """Drop a fetch: the consumer's positions have moved past records
             that were not processed, so go back to the committed offsets (what
             Faust does after every rebalance; replays are skipped per customer)."""
-            log.info("dropping a fetch of %s: %s; seeking to the committed offsets", route.topic, why)
+            ranges = {p: f"{r[0].offset}-{r[-1].offset}" for p, r in (dropped or {}).items() if r}
+            log.info(
+                "dropping a fetch of %s %s: %s; seeking to the committed offsets", route.topic, ranges, why
+            )
             try:
                 await self.perform_seek()
             except Exception as exc:
                 log.warning("seek to committed offsets failed: %r", exc)
+                return
+            committed = {
+                tp.partition: o for tp, o in self._committed_offset.items() if tp.topic == route.topic
+            }
+            log.info("sought %s back to the committed offsets %s", route.topic, committed)
 
         async def _deliver_one_by_one(self, tp: TP, recs: Sequence[Any], generation: int) -> None:
             """Faust's own per-message delivery, for topics other than the batch topic."""
@@ -275,7 +321,7 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
                 if route.epochs.get(p, 0) != epochs[p]:
                     continue  # revoked meanwhile: the new owner replays from the committed offset
                 position = recs[-1].offset + 1
-                route.positions[p] = position
+                route.positions[p] = route.expected[p] = position
                 self._acked.setdefault(TP(fetch.topic, p), [])  # Faust commits the tps it has here
                 route.lifecycle.processed(p, position)
             if cancelled:
@@ -295,6 +341,12 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
             self, offsets: Mapping[TP, int], start_new_transaction: bool = True
         ) -> bool:
             """Faust's, but a failed commit leaves the committed offsets as they were."""
+            for tp, offset in offsets.items():
+                progress = route.lifecycle.progress.get(tp.partition) if tp.topic == route.topic else None
+                if progress is not None and progress.processed is not None and offset > progress.processed:
+                    log.error(
+                        "committing %s[%d] at %d, past the processed %d", *tp, offset, progress.processed
+                    )
             before = {tp: self._committed_offset.get(tp) for tp in offsets}
             did_commit = bool(await super()._commit_offsets(offsets, start_new_transaction))
             if did_commit:
@@ -337,9 +389,16 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
 
         async def perform_seek(self) -> None:
             await super().perform_seek()
+            for tp in self.assignment():
+                if tp.topic == route.topic:
+                    route.expected.pop(tp.partition, None)
             for tp, offset in list(self._committed_offset.items()):
                 if tp.topic == route.topic and offset is not None:
+                    route.expected[tp.partition] = offset
                     route.lifecycle.committed(tp.partition, offset)
+            log.info(
+                "%s positions after the seek to committed offsets: %s", route.topic, dict(route.expected)
+            )
 
     return BatchConsumer
 
@@ -454,6 +513,19 @@ class TableStore:
             value: bytes | None = store._db_for_partition(partition).get(key)
             return value
         return store.data.get(key)
+
+    def scan(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) stored for ``partition`` (after its recovery)."""
+        store = self._store
+        if self._rocksdb():
+            for key, value in store._db_for_partition(partition).items():
+                if not key.startswith(b"__faust"):  # Faust's own offset key
+                    yield key, value
+            return
+        owner = store._key_partition
+        for key, value in list(store.data.items()):
+            if owner.get(key) == partition:
+                yield key, value
 
     def write(
         self, partition: int, items: Sequence[tuple[bytes, bytes]], changelog_offset: int | None

@@ -248,7 +248,11 @@ def forensics(
     events: dict[bytes, list[str]] = {k: [] for k in keys}
     for rec in read_topic(settings, settings.touchpoints_topic):
         if rec.key in keys:
-            eid = orjson.loads(rec.value).get("event_id", "?") if rec.value else "?"
+            try:
+                body = orjson.loads(rec.value or b"")
+            except orjson.JSONDecodeError:
+                body = None
+            eid = body.get("event_id", "?") if isinstance(body, dict) else "?"
             events[rec.key].append(f"{eid}@{rec.partition}:{rec.offset}")
     writes: dict[bytes, list[str]] = {k: [] for k in keys}
     for rec in read_topic(settings, settings.changelog_topic):

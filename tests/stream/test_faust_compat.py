@@ -248,6 +248,7 @@ class FakeDrainBase(FakeBase):
         self.steps = steps
         self.route = route
         self.seeks = 0
+        self.sought: list[tuple[int, int]] = []
 
     def assignment(self) -> set[TP]:
         return self.assigned
@@ -257,6 +258,9 @@ class FakeDrainBase(FakeBase):
 
     async def perform_seek(self) -> None:
         self.seeks += 1
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.sought.append((tp.partition, offset))
 
     async def _wait_next_records(self, timeout: float) -> tuple[dict[TP, list[Any]], None]:
         if not self.steps:
@@ -355,3 +359,25 @@ def test_no_revocation_or_stop_goes_ahead_of_the_batch_in_hand(call: str) -> Non
     asyncio.run(scenario())
     assert events == ["batch written", "revoked" if call == "revoke" else "wait_empty"]
     assert route.inflight is None
+
+
+def test_a_fetch_that_starts_past_the_expected_offset_is_not_processed_until_the_log_confirms_the_gap() -> (
+    None
+):
+    def first(c: Any) -> dict[TP, list[Any]]:
+        return {TP("t", 0): recs(0, 1)}
+
+    def skips_ahead(c: Any) -> dict[TP, list[Any]]:
+        return {TP("t", 0): recs(5, 6), TP("t", 1): recs(0)}
+
+    def then_from_the_expected_offset(c: Any) -> dict[TP, list[Any]]:
+        return {TP("t", 0): recs(2, 3)}
+
+    def a_real_gap(c: Any) -> dict[TP, list[Any]]:
+        return {TP("t", 0): recs(9)}  # offsets 4-8 are transaction markers, say
+
+    c, handled = drain([first, skips_ahead, then_from_the_expected_offset, a_real_gap, a_real_gap])
+    offsets = [{p: [r.offset for r in rs] for p, rs in f.records.items()} for f in handled]
+    assert offsets == [{0: [0, 1]}, {1: [0]}, {0: [2, 3]}, {0: [9]}]
+    assert c.sought == [(0, 2), (0, 4)]
+    assert c.route.positions[0] == 10
