@@ -120,12 +120,14 @@ class BatchRoute:
     # accepted the second time it is fetched.
     expected: dict[int, int] = field(default_factory=dict)
     gaps: dict[int, tuple[int, int]] = field(default_factory=dict)
+    started: set[int] = field(default_factory=set)  # partitions fetched since their last seek
 
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
             self.positions.pop(p, None)
             self.expected.pop(p, None)
             self.gaps.pop(p, None)
+            self.started.discard(p)
             self.epochs[p] = self.epochs.get(p, 0) + 1
 
 
@@ -245,6 +247,15 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
             the seek, and are accepted then."""
             expected = route.expected.get(partition)
             first = recs[0].offset
+            if partition not in route.started:
+                route.started.add(partition)
+                log.info(
+                    "%s[%d]: first fetch since the seek starts at %d (expected %s)",
+                    route.topic,
+                    partition,
+                    first,
+                    expected,
+                )
             if expected is None or first <= expected:
                 return True
             gap = (expected, first)
@@ -350,6 +361,9 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
             before = {tp: self._committed_offset.get(tp) for tp in offsets}
             did_commit = bool(await super()._commit_offsets(offsets, start_new_transaction))
             if did_commit:
+                log.debug(
+                    "committed %s", {tp.partition: o for tp, o in offsets.items() if tp.topic == route.topic}
+                )
                 for tp, offset in offsets.items():
                     if tp.topic == route.topic:
                         route.lifecycle.committed(tp.partition, offset)
@@ -392,6 +406,7 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
             for tp in self.assignment():
                 if tp.topic == route.topic:
                     route.expected.pop(tp.partition, None)
+                    route.started.discard(tp.partition)
             for tp, offset in list(self._committed_offset.items()):
                 if tp.topic == route.topic and offset is not None:
                     route.expected[tp.partition] = offset
