@@ -271,6 +271,18 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
             )
             return False
 
+        def _consumer_positions(self) -> dict[int, Any]:
+            """aiokafka's own positions for the batch topic (diagnostics only)."""
+            try:
+                assignment = self._thread._ensure_consumer()._fetcher._subscriptions.subscription.assignment
+                return {
+                    tp.partition: assignment.state_value(tp)._position
+                    for tp in assignment.tps
+                    if tp.topic == route.topic
+                }
+            except Exception as exc:
+                return {"unknown": repr(exc)}
+
         async def _seek_back(self, why: str, dropped: Mapping[int, Sequence[Any]] | None = None) -> None:
             """Drop a fetch: the consumer's positions have moved past records
             that were not processed, so go back to the committed offsets (what
@@ -412,7 +424,10 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
                     route.expected[tp.partition] = offset
                     route.lifecycle.committed(tp.partition, offset)
             log.info(
-                "%s positions after the seek to committed offsets: %s", route.topic, dict(route.expected)
+                "%s positions after the seek to committed offsets: %s (consumer: %s)",
+                route.topic,
+                dict(route.expected),
+                self._consumer_positions(),
             )
 
     return BatchConsumer
