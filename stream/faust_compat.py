@@ -271,7 +271,7 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
             )
             return False
 
-        def _consumer_positions(self) -> dict[int, Any]:
+        def _consumer_positions(self) -> dict[Any, Any]:
             """aiokafka's own positions for the batch topic (diagnostics only)."""
             try:
                 assignment = self._thread._ensure_consumer()._fetcher._subscriptions.subscription.assignment
@@ -414,19 +414,24 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
             await super().on_partitions_revoked(revoked)
 
         async def perform_seek(self) -> None:
+            """Faust's seek to the committed offsets, then where each partition's
+            processing must continue: the committed offset, or the start of the
+            log where the group has committed nothing (auto_offset_reset is
+            earliest). A first fetch that starts past it is not processed
+            (``_contiguous``)."""
             await super().perform_seek()
             for tp in self.assignment():
-                if tp.topic == route.topic:
-                    route.expected.pop(tp.partition, None)
-                    route.started.discard(tp.partition)
-            for tp, offset in list(self._committed_offset.items()):
-                if tp.topic == route.topic and offset is not None:
-                    route.expected[tp.partition] = offset
-                    route.lifecycle.committed(tp.partition, offset)
+                if tp.topic != route.topic:
+                    continue
+                route.started.discard(tp.partition)
+                committed = self._committed_offset.get(tp)
+                route.expected[tp.partition] = committed if committed is not None else 0
+                if committed is not None:
+                    route.lifecycle.committed(tp.partition, committed)
             log.info(
-                "%s positions after the seek to committed offsets: %s (consumer: %s)",
+                "%s: processing continues at %s (consumer positions: %s)",
                 route.topic,
-                dict(route.expected),
+                dict(sorted(route.expected.items())),
                 self._consumer_positions(),
             )
 

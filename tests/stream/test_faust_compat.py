@@ -381,3 +381,26 @@ def test_a_fetch_that_starts_past_the_expected_offset_is_not_processed_until_the
     assert offsets == [{0: [0, 1]}, {1: [0]}, {0: [2, 3]}, {0: [9]}]
     assert c.sought == [(0, 2), (0, 4)]
     assert c.route.positions[0] == 10
+
+
+def test_after_a_seek_with_nothing_committed_processing_continues_at_the_start_of_the_log() -> None:
+    """The soak's loss: a rebalance before the group's first commit left the
+    consumer ahead of what was processed; that fetch must not be processed."""
+    handled: list[Fetch] = []
+
+    async def handler(f: Fetch) -> None:
+        handled.append(f)
+
+    route = route_with(handler)
+    steps = [lambda c: {TP("t", 1): recs(1048, 1049)}, lambda c: {TP("t", 1): recs(0, 1)}]
+    c = batch_consumer_class(FakeDrainBase, route)(steps, route)  # type: ignore[arg-type]
+    c._committed_offset[TP("t", 0)] = 7
+
+    async def scenario() -> None:
+        await c.perform_seek()
+        assert route.expected == {0: 7, 1: 0}
+        await c._drain_messages(SimpleNamespace(_stopped=asyncio.Event()))
+
+    asyncio.run(scenario())
+    assert c.sought == [(1, 0)]
+    assert [[r.offset for r in f.records[1]] for f in handled] == [[0, 1]]
