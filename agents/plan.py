@@ -4,7 +4,9 @@ No Kafka, Faust or I/O here but the ``load`` it is given. Per record, in
 each partition's offset order:
 
 1. Validate against the contract (``models.events``) and the partitioner;
-   a refused record becomes a :class:`DeadLetter` with a reason.
+   a refused record becomes a :class:`DeadLetter` with a reason. A record
+   with the clock header is the worker's own clock reading for a customer
+   whose deadline came (``stream.clock``), applied in order like an event.
 2. Skip a record at or below its customer's stored source offset: a replay
    after a crash or rebalance, applied already.
 3. Fold each customer's new events through the core in arrival order
@@ -21,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from models.events import Rejection, Touchpoint, parse_touchpoint
+from models.events import CLOCK_HEADER, Clock, Rejection, Touchpoint, parse_clock, parse_touchpoint
 from models.journey_map import JourneyMap
 from models.reducer import CustomerFold, fold_batch
 from models.state import CustomerState
@@ -43,6 +45,12 @@ class SourceRecord(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+def is_clock(headers: Sequence[tuple[str, bytes]] | None) -> bool:
+    return bool(headers) and any(k == CLOCK_HEADER for k, _ in headers)  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +90,12 @@ class BatchPlan:
     dead: list[DeadLetter] = field(default_factory=list)
     updates: list[CustomerUpdate] = field(default_factory=list)
     replayed: int = 0
+    clocks: int = 0  # clock readings among the records
 
     @property
     def changed(self) -> list[CustomerUpdate]:
-        """Updates that applied at least one event (to be written)."""
-        return [u for u in self.updates if u.fold.applied and u.fold.state is not None]
+        """Updates that changed the state (to be written)."""
+        return [u for u in self.updates if u.fold.changed and u.fold.state is not None]
 
 
 # (partition, key) -> (source offset of the last event applied, state), or None for a new customer
@@ -104,14 +113,19 @@ def plan_batch(
     """Validate, skip replays and fold one fetch. ``load(partition, key)``
     returns a customer's stored offset and state, or None."""
     out = BatchPlan()
-    accepted: list[tuple[Touchpoint, SourceRecord]] = []
+    accepted: list[tuple[Touchpoint | Clock, SourceRecord]] = []
     stored: dict[str, tuple[int, CustomerState] | None] = {}
     where: dict[str, tuple[int, int]] = {}  # customer -> (partition, last offset)
     homes: dict[str, int] = {}  # customer -> the partition its key belongs on
     dead = out.dead
     for partition, recs in records.items():
         for rec in recs:
-            parsed = parse_touchpoint(rec.value, jmap, key=rec.key, max_bytes=max_event_bytes)
+            parsed: Touchpoint | Clock | Rejection
+            if is_clock(rec.headers):
+                parsed = parse_clock(rec.value, rec.key)
+                out.clocks += 1
+            else:
+                parsed = parse_touchpoint(rec.value, jmap, key=rec.key, max_bytes=max_event_bytes)
             if isinstance(parsed, Rejection):
                 dead.append(DeadLetter(rec, parsed.reason, parsed.detail))
                 continue
@@ -146,11 +160,11 @@ def plan_batch(
 
 def _fold_isolating_failures(
     jmap: JourneyMap,
-    accepted: Iterable[tuple[Touchpoint, SourceRecord]],
+    accepted: Iterable[tuple[Touchpoint | Clock, SourceRecord]],
     states: dict[str, CustomerState | None],
     dead: list[DeadLetter],
 ) -> dict[str, CustomerFold]:
-    runs: dict[str, list[tuple[Touchpoint, SourceRecord]]] = {}
+    runs: dict[str, list[tuple[Touchpoint | Clock, SourceRecord]]] = {}
     for tp, rec in accepted:
         runs.setdefault(tp.customer_id, []).append((tp, rec))
     folds: dict[str, CustomerFold] = {}

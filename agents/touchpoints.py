@@ -6,10 +6,13 @@ Faust's consumer hands every fetch of the touchpoints topic to
 
 1. Plan it (``agents.plan.plan_batch``, pure): validate, skip replays by
    offset, fold each customer's new events through the core.
-2. Publish dead letters and transitions and wait for the broker's acks.
+2. Publish dead letters, transitions, stall, drift and outcome records and
+   wait for the broker's acks.
 3. Write each changed customer once: the changelog first, acked, then the
    local store with the changelog offset reached.
-4. Count it.
+4. Put each customer's next deadline in the deadline index, and the nudges
+   decided in the outbox (``agents.nudges``; sent now if Redis answers).
+5. Count it.
 
 Only after all of that does the consumer move the partition's commit
 position past the fetch, and Faust commits it on its interval (after
@@ -30,10 +33,16 @@ from collections.abc import Callable
 
 import orjson
 
+from agents.clock import ClockTicker, partition_loader, wall_clock_ms
+from agents.nudges import NudgeDispatcher
 from agents.plan import BatchPlan, plan_batch
+from models.effects import deadline_of
+from models.outputs import ChurnRisk, Nudge, StallRecord
 from stream.batching import PartitionBatches
 from stream.codec import encode_stored
+from stream.deadlines import DeadlineIndex
 from stream.faust_compat import BatchRoute, Fetch, aiokafka_producer, install_batch_path
+from stream.nudge_gate import NudgeGate
 from stream.runtime import Runtime
 from stream.state_cache import StateCache
 
@@ -54,11 +63,29 @@ def exit_on_failure(exc: BaseException) -> None:
 class TouchpointsAgent:
     """Moves one fetch at a time between Kafka, the table and the metrics."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, clock: Callable[[], int] = wall_clock_ms) -> None:
         self.rt = rt
-        self.settings = rt.settings
-        self.states = StateCache(rt.store.get, rt.settings.state_cache_size)
+        self.settings = s = rt.settings
+        self.clock = clock
+        self.states = StateCache(rt.store.get, s.state_cache_size)
         rt.lifecycle.add_listener(self.states)
+        rules = rt.journey_map.nudges
+        status_ttl = (
+            2 * max(rules.max_age_s, max((p.cooldown_s for p in rules.policies), default=0)) + 7 * 86_400
+        )
+        self.gate = NudgeGate(s.redis_url, s.redis_prefix, s.redis_timeout_s, status_ttl)
+        self.nudges = NudgeDispatcher(
+            s, rt.journey_map, self.gate, lambda: aiokafka_producer(rt.app), rt.metrics, clock
+        )
+        rt.lifecycle.add_listener(self.nudges)
+        self.deadlines = DeadlineIndex(partition_loader(rt, self.nudges, clock))
+        rt.lifecycle.add_listener(self.deadlines)
+        self.ticker = ClockTicker(rt, self.deadlines, self.nudges, clock)
+        rt.health["nudges"] = lambda: {
+            "redis": "up" if self.nudges.gate_up else "down",
+            "waiting": len(self.nudges),
+            "deadlines_indexed": len(self.deadlines),
+        }
 
     def plan(self, fetch: Fetch) -> BatchPlan:
         return plan_batch(
@@ -73,7 +100,19 @@ class TouchpointsAgent:
         plan = self.plan(fetch)
         await self.publish(plan)
         await self.store(plan)
+        self.follow_up(plan)
+        await self.nudges.flush(from_batch=True)
         self.count(plan)
+
+    def follow_up(self, plan: BatchPlan) -> None:
+        """Next deadlines into the index, decided nudges into the outbox."""
+        jmap = self.rt.journey_map
+        for u in plan.updates:
+            state = u.fold.state
+            self.deadlines.set(u.partition, u.customer_id, deadline_of(jmap, state) if state else None)
+            for o in u.fold.outputs:
+                if isinstance(o, Nudge):
+                    self.nudges.submit(u.partition, o)
 
     async def publish(self, plan: BatchPlan) -> None:
         """Dead letters and transitions, acked. Every record goes to its source
@@ -96,10 +135,13 @@ class TouchpointsAgent:
             rest = Counter(dl.reason for dl in plan.dead[LOGGED_DEAD_LETTERS:])
             log.warning("%d more dead letters in this batch: %s", sum(rest.values()), dict(rest))
         for u in plan.updates:
-            if u.fold.transitions:
+            if u.fold.transitions or u.fold.outputs:
                 key = u.customer_id.encode()
                 for t in u.fold.transitions:
                     out.add(settings.transitions_topic, u.partition, key, orjson.dumps(t.to_record()))
+                for o in u.fold.outputs:
+                    if not isinstance(o, Nudge):  # nudges go through the gate (agents.nudges)
+                        out.add(getattr(settings, o.topic), u.partition, key, orjson.dumps(o.to_record()))
         await out.send()
 
     async def store(self, plan: BatchPlan) -> None:
@@ -121,6 +163,10 @@ class TouchpointsAgent:
             assert u.fold.state is not None
             self.states.stored(u.partition, u.customer_id.encode(), (u.last_offset, u.fold.state))
 
+    @property
+    def _exit_stages(self) -> frozenset[str]:
+        return frozenset(s.name for s in self.rt.journey_map.stages if s.exit)
+
     def count(self, plan: BatchPlan) -> None:
         m = self.rt.metrics
         m.batches.inc()
@@ -129,18 +175,39 @@ class TouchpointsAgent:
         for dl in plan.dead:
             m.rejected.labels(dl.reason).inc()
         applied = duplicates = 0
+        exits = self._exit_stages
         for u in plan.updates:
             applied += u.fold.applied
             duplicates += u.fold.duplicates
             for t in u.fold.transitions:
                 m.transitions.labels(t.from_stage or "none", t.to_stage).inc()
+                if t.from_stage in exits and t.to_stage not in exits:
+                    m.win_backs.inc()
+            for o in u.fold.outputs:
+                if isinstance(o, StallRecord):
+                    m.stalls.labels(o.stage).inc()
+                elif isinstance(o, ChurnRisk):
+                    m.churn_risks.inc()
         m.events.labels("applied").inc(applied)
         m.events.labels("duplicate").inc(duplicates)
 
 
-def attach(rt: Runtime, on_fatal: Callable[[BaseException], None] = exit_on_failure) -> TouchpointsAgent:
-    """Route the touchpoints topic's fetches to a new agent on ``rt``."""
-    agent = TouchpointsAgent(rt)
+def attach(
+    rt: Runtime,
+    on_fatal: Callable[[BaseException], None] = exit_on_failure,
+    clock: Callable[[], int] = wall_clock_ms,
+) -> TouchpointsAgent:
+    """Route the touchpoints topic's fetches to a new agent on ``rt``, and
+    start its clock (a Faust timer, every JOURNEY_CLOCK_TICK_S)."""
+    agent = TouchpointsAgent(rt, clock)
     route = BatchRoute(rt.settings.touchpoints_topic, agent.handle, rt.lifecycle, on_fatal)
     install_batch_path(rt.app, route)
+
+    async def clock_tick() -> None:
+        try:
+            await agent.ticker.tick()
+        except Exception:
+            log.exception("clock tick failed; the next tick tries again")
+
+    rt.app.timer(rt.settings.clock_tick_s, name="journey.clock")(clock_tick)
     return agent

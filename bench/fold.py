@@ -33,10 +33,11 @@ PARTITIONS = 8
 
 
 class Rec:
-    __slots__ = ("key", "offset", "partition", "topic", "value")
+    __slots__ = ("headers", "key", "offset", "partition", "topic", "value")
 
     def __init__(self, partition: int, offset: int, key: bytes | None, value: bytes) -> None:
         self.topic, self.partition, self.offset, self.key, self.value = "t", partition, offset, key, value
+        self.headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def records(events: int, customers: int) -> list[Rec]:

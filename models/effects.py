@@ -34,7 +34,7 @@ from models.journey_map import JourneyMap, Stage
 from models.nudges import decide, remember
 from models.outputs import ChurnRisk, NudgeOutcome, Output, Recovered, StallRecord, stable_id
 from models.rules import Trigger
-from models.state import Drift, NudgeRef, Stall
+from models.state import CustomerState, Drift, NudgeRef, Stall
 
 
 @dataclass(slots=True)
@@ -224,3 +224,10 @@ def on_clock(
             x.stall = None
         return jmap.stage_by_name[rules.defect_stage], gone
     return None
+
+
+def deadline_of(jmap: JourneyMap, state: CustomerState) -> int | None:
+    """:func:`next_deadline` of a stored state."""
+    return next_deadline(
+        jmap, state.stage, state.last_event_at, Extras(state.stall, state.drift, state.nudges)
+    )

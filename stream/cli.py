@@ -236,15 +236,24 @@ def emit(source: click.utils.LazyFile) -> None:
     click.echo(f"sent {sent} events to {settings.touchpoints_topic}", err=True)
 
 
-def stage_counts(settings: Settings) -> tuple[Counter[str], str | None]:
+def stage_counts(settings: Settings) -> tuple[Counter[str], str | None, Counter[str]]:
     """Customers per stage from the latest value of each key in the changelog,
-    and the id of the customer updated last (an example to look up)."""
+    the id of the customer updated last (an example to look up), and how
+    many are stalled now (per stage) or at risk (key ``at risk``)."""
     from stream.codec import decode_stored
     from stream.kafka_tools import latest_values
 
     latest, last = latest_values(settings, settings.changelog_topic)
-    counts = Counter(decode_stored(v)[1].stage for v in latest.values())
-    return counts, last.decode() if last is not None else None
+    counts: Counter[str] = Counter()
+    flags: Counter[str] = Counter()
+    for v in latest.values():
+        state = decode_stored(v)[1]
+        counts[state.stage] += 1
+        if state.stall is not None:
+            flags[state.stall.stage] += 1
+        if state.drift is not None and state.drift.at_risk:
+            flags["at risk"] += 1
+    return counts, last.decode() if last is not None else None, flags
 
 
 @main.command()
@@ -258,11 +267,21 @@ def stage_counts(settings: Settings) -> tuple[Counter[str], str | None]:
 )
 def status(watch: float) -> None:
     """Live customer counts per journey stage."""
+    from stream.kafka_tools import topic_sizes
+
     settings = load_settings()
     jmap = load_map(settings.map_path)
+    topics = {
+        "stalls and recoveries": settings.stalls_topic,
+        "nudges sent": settings.nudges_topic,
+        "nudges held out": settings.held_out_topic,
+        "churn risks": settings.drift_topic,
+        "nudge outcomes": settings.outcomes_topic,
+    }
     while True:
         try:
-            counts, example = stage_counts(settings)
+            counts, example, flags = stage_counts(settings)
+            sizes = topic_sizes(settings, topics.values())
         except JourneyError as exc:
             _fail(str(exc))
         total = sum(counts.values())
@@ -272,12 +291,53 @@ def status(watch: float) -> None:
         click.echo(f"{total} customers  ({time.strftime('%H:%M:%S')}, map {jmap.name!r})")
         for name in jmap.stage_names:
             n = counts.get(name, 0)
-            click.echo(f"  {name:<14} {n:>8}  {'#' * round(40 * n / widest)}")
+            stalled = f"  ({flags[name]} stalled)" if flags.get(name) else ""
+            click.echo(f"  {name:<14} {n:>8}  {'#' * round(40 * n / widest)}{stalled}")
+        click.echo(f"at risk now: {flags.get('at risk', 0)}")
+        click.echo("records: " + ", ".join(f"{label} {sizes[t]}" for label, t in topics.items()))
         if example:
             click.echo(f"example customer: {example}")
         if not watch:
             return
         time.sleep(watch)
+
+
+TAIL_TOPICS = {
+    "nudges": "nudges_topic",
+    "held-out": "held_out_topic",
+    "stalls": "stalls_topic",
+    "drift": "drift_topic",
+    "outcomes": "outcomes_topic",
+    "transitions": "transitions_topic",
+    "dlq": "dlq_topic",
+}
+
+
+@main.command()
+@click.argument("what", type=click.Choice(sorted(TAIL_TOPICS)))
+@click.option("--from-beginning", is_flag=True, help="Print what the topic holds first, then follow")
+def tail(what: str, from_beginning: bool) -> None:
+    """Follow one of the tracker's output topics, one JSON record per line (Ctrl-C ends)."""
+    from kafka import KafkaConsumer
+
+    settings = load_settings()
+    topic = getattr(settings, TAIL_TOPICS[what])
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=False,
+        client_id="journey-tail",
+    )
+    click.echo(f"following {topic} (Ctrl-C ends)", err=True)
+    try:
+        for message in consumer:
+            value = message.value.decode("utf-8", "replace") if message.value is not None else "null"
+            click.echo(value)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
 
 
 @main.group(name="map")

@@ -32,6 +32,11 @@ def tracker_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.touchpoints_topic, n, r),
         TopicSpec(settings.transitions_topic, n, r),
         TopicSpec(settings.dlq_topic, n, r),
+        TopicSpec(settings.stalls_topic, n, r),
+        TopicSpec(settings.drift_topic, n, r),
+        TopicSpec(settings.nudges_topic, n, r),
+        TopicSpec(settings.held_out_topic, n, r),
+        TopicSpec(settings.outcomes_topic, n, r),
     ]
 
 
@@ -182,6 +187,23 @@ def latest_values(settings: Settings, topic: str) -> tuple[dict[bytes, bytes], b
         else:
             latest[rec.key] = rec.value
     return latest, last
+
+
+def topic_sizes(settings: Settings, topics: Iterable[str]) -> dict[str, int]:
+    """Records in each topic (end minus beginning offsets, summed over partitions; 0 if missing)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id="journey-sizes")
+    try:
+        out: dict[str, int] = {}
+        for topic in topics:
+            tps = [TopicPartition(topic, p) for p in _partitions(consumer, topic)]
+            if not tps:
+                out[topic] = 0
+                continue
+            ends, starts = consumer.end_offsets(tps), consumer.beginning_offsets(tps)
+            out[topic] = sum(ends[tp] - starts[tp] for tp in tps)
+        return out
+    finally:
+        consumer.close()
 
 
 def group_offsets(settings: Settings, group: str, topic: str) -> dict[int, tuple[int | None, int]]:

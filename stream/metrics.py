@@ -19,6 +19,8 @@ from stream.lifecycle import PartitionLifecycle
 
 OUTCOMES = ("applied", "duplicate", "rejected", "replayed")
 PROBLEMS = ("stalled", "commit_stalled")
+# What became of a nudge the policy decided (journey_nudges_total{kind,outcome}).
+NUDGE_OUTCOMES = ("sent", "held_out", "capped", "quiet_hours", "expired", "failed")
 
 
 class PartitionCollector(Collector):
@@ -57,6 +59,12 @@ class TrackerMetrics:
     batches: Counter
     partition_problems: Counter
     ready: Gauge
+    stalls: Counter
+    nudges: Counter
+    churn_risks: Counter
+    win_backs: Counter
+    clock_readings: Counter
+    nudge_gate_up: Gauge
 
     @classmethod
     def create(
@@ -94,6 +102,34 @@ class TrackerMetrics:
                 "1 when the worker owns partitions, is not rebalancing and none is stalled",
                 registry=registry,
             ),
+            stalls=Counter(
+                f"{prefix}_stalls", "Stall episodes detected, by stage", ["stage"], registry=registry
+            ),
+            nudges=Counter(
+                f"{prefix}_nudges",
+                "Nudges by kind and outcome (quiet_hours: held until quiet hours end; "
+                "failed: Redis or the broker refused, retried)",
+                ["kind", "outcome"],
+                registry=registry,
+            ),
+            churn_risks=Counter(
+                f"{prefix}_churn_risk", "Customers whose drift score crossed the risk bar", registry=registry
+            ),
+            win_backs=Counter(
+                f"{prefix}_win_backs",
+                "Defected customers who came back (moved out of an exit stage)",
+                registry=registry,
+            ),
+            clock_readings=Counter(
+                f"{prefix}_clock_readings",
+                "Clock records sent for customers whose stall, inactivity or nudge deadline came",
+                registry=registry,
+            ),
+            nudge_gate_up=Gauge(
+                f"{prefix}_nudge_gate_up",
+                "1 while Redis (nudge caps and de-duplication) answers; 0 while nudges wait for it",
+                registry=registry,
+            ),
         )
         # Initialise every label combination up front so dashboards see zeros.
         for outcome in OUTCOMES:
@@ -104,3 +140,11 @@ class TrackerMetrics:
             m.partition_problems.labels(problem)
         registry.register(PartitionCollector(lifecycle, prefix))
         return m
+
+    def init_map(self, stages: list[str], nudge_kinds: list[str]) -> None:
+        """Zeros for every stage and nudge kind the map declares."""
+        for stage in stages:
+            self.stalls.labels(stage)
+        for kind in nudge_kinds:
+            for outcome in NUDGE_OUTCOMES:
+                self.nudges.labels(kind, outcome)

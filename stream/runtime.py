@@ -14,6 +14,7 @@ identical before and after a changelog recovery.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,8 @@ class Runtime:
     metrics: TrackerMetrics
     lifecycle: PartitionLifecycle
     store: TableStore = field(init=False)
+    # Sections agents add to /health: name -> a function returning them.
+    health: dict[str, Callable[[], Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.store = TableStore(self.customers, self.settings.changelog_topic)
@@ -109,4 +112,5 @@ def build(settings: Settings, journey_map: JourneyMap | None = None) -> Runtime:
         help="Journey state per customer (key: customer id, value: stream.codec)",
     )
     metrics = TrackerMetrics.create(registry, lifecycle)
+    metrics.init_map([s.name for s in jmap.stages], [p.kind for p in jmap.nudges.policies])
     return Runtime(settings, jmap, app, customers, touchpoints, registry, metrics, lifecycle)

@@ -37,6 +37,23 @@ class Settings(BaseSettings):
     touchpoints_topic: str = Field("touchpoints", description="Topic the apps emit touchpoint events to")
     transitions_topic: str = Field("journey-transitions", description="Topic of stage transitions")
     dlq_topic: str = Field("touchpoints-dlq", description="Dead-letter topic for refused events")
+    stalls_topic: str = Field("journey-stalls", description="Topic of stall and recovered records")
+    drift_topic: str = Field("journey-drift", description="Topic of churn_risk records")
+    nudges_topic: str = Field("nudges", description="Topic of nudges for the delivery service")
+    held_out_topic: str = Field(
+        "nudges-held-out", description="Topic of nudges held back from the holdout group (for lift)"
+    )
+    outcomes_topic: str = Field("nudge-outcomes", description="Topic of nudge outcome records")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis for nudge caps, cooldowns and de-duplication"
+    )
+    redis_prefix: str = Field("journey:", description="Prefix of every Redis key the tracker writes")
+    redis_timeout_s: float = Field(
+        0.5, gt=0, description="A Redis call slower than this counts as Redis down (nudges wait and retry)"
+    )
+    clock_tick_s: float = Field(
+        1.0, gt=0, le=60, description="How often the worker checks stall, inactivity and nudge deadlines"
+    )
     map_path: Path | None = Field(None, description="Journey map YAML; unset: the shipped default map")
     max_event_bytes: int = Field(64 * 1024, ge=256, description="Larger messages are dead-lettered")
     batch_size: int = Field(

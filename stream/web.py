@@ -136,6 +136,7 @@ def register(rt: Runtime) -> Watchdog:
                 "generation": app.consumer_generation_id,
                 "problems": {str(p): v for p, v in sorted(watchdog.report.problems.items())},
                 "progress": rt.lifecycle.describe(settings.stall_unready_s),
+                **{name: section() for name, section in rt.health.items()},
             }
             return self.json(body, status=200 if ready else 503)
 

@@ -9,13 +9,18 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from agents import plan as planner
 from agents.plan import SourceRecord, plan_batch
 from models import fold, load_map, parse_touchpoint
-from models.events import Touchpoint
+from models.events import CLOCK_HEADER, Clock, Touchpoint
+from models.outputs import Nudge, StallRecord
 from stream.codec import decode_stored, encode_stored
+from stream.lifecycle import PartitionLifecycle
+from stream.metrics import TrackerMetrics
 from stream.partitioning import key_partition
+from stream.settings import Settings
 
 N = 8
 MAP = load_map()
@@ -24,8 +29,26 @@ MAP = load_map()
 class Rec:
     """The fields of an aiokafka ConsumerRecord the planner reads."""
 
-    def __init__(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
+    def __init__(
+        self,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: tuple[tuple[str, bytes], ...] = (),
+    ) -> None:
         self.topic, self.partition, self.offset, self.key, self.value = "tp", partition, offset, key, value
+        self.headers = headers
+
+
+def clock_rec(cid: str, now: int, offset: int) -> Rec:
+    return Rec(
+        key_partition(cid.encode(), N),
+        offset,
+        cid.encode(),
+        Clock(cid, now).to_json(),
+        ((CLOCK_HEADER, b"1"),),
+    )
 
 
 def event(
@@ -149,11 +172,14 @@ def test_a_flood_of_dead_letters_is_logged_in_summary(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(agent, "PartitionBatches", Batches)
     monkeypatch.setattr(agent, "aiokafka_producer", lambda app: None)
+    lifecycle = PartitionLifecycle()
     fake_rt: Any = SimpleNamespace(
-        settings=SimpleNamespace(dlq_topic="dlq", transitions_topic="t", state_cache_size=10),
+        settings=Settings(dlq_topic="dlq", transitions_topic="t", state_cache_size=10),
         app=None,
         store=SimpleNamespace(get=lambda p, k: None),
-        lifecycle=SimpleNamespace(add_listener=lambda listener: None),
+        lifecycle=lifecycle,
+        journey_map=MAP,
+        metrics=TrackerMetrics.create(CollectorRegistry(), lifecycle),
     )
     result = plan([Rec(1, i, b"k", b"?") for i in range(50)])
     with caplog.at_level("WARNING", logger=agent.__name__):
@@ -163,3 +189,29 @@ def test_a_flood_of_dead_letters_is_logged_in_summary(monkeypatch: pytest.Monkey
     assert len(lines) == agent.LOGGED_DEAD_LETTERS + 1
     assert lines[0].startswith("dead letter not_json from tp[1]@0")
     assert lines[-1] == "30 more dead letters in this batch: {'not_json': 30}"
+
+
+def test_a_clock_record_opens_a_stall_in_order_with_the_events_and_is_stored() -> None:
+    cart = event("c9", "e1", "add_to_cart", 10)
+    first = plan([cart])
+    assert first.changed and first.clocks == 0
+    stored = {b"c9": encode_stored(10, first.changed[0].fold.state)}  # type: ignore[arg-type]
+    due = 1_790_000_000_000 + 10 + 3_600_000
+    p = plan([clock_rec("c9", due, 11)], stored)
+    assert p.clocks == 1 and not p.dead and len(p.changed) == 1
+    u = p.changed[0]
+    assert u.last_offset == 11 and u.fold.state is not None and u.fold.state.stall is not None
+    assert [type(o) for o in u.fold.outputs][:1] == [StallRecord]
+    assert all(isinstance(o, StallRecord | Nudge) for o in u.fold.outputs)
+    # Replayed, it is skipped by offset like any record.
+    again = plan([clock_rec("c9", due, 11)], {b"c9": encode_stored(11, u.fold.state)})
+    assert again.replayed == 1 and not again.changed
+    # A clock record before the deadline changes nothing and is not written.
+    early = plan([clock_rec("c9", due - 1, 11)], stored)
+    assert not early.changed and not early.dead
+
+
+def test_a_bad_clock_record_is_dead_lettered() -> None:
+    rec = Rec(0, 5, b"x", b'{"clock": "soon"}', ((CLOCK_HEADER, b"1"),))
+    p = plan([rec])
+    assert [d.reason for d in p.dead] == ["bad_field"]

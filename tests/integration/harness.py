@@ -48,6 +48,13 @@ def make_settings(tmp_path: Path, **over: Any) -> Settings:
         "touchpoints_topic": f"it-{run}-touchpoints",
         "transitions_topic": f"it-{run}-transitions",
         "dlq_topic": f"it-{run}-dlq",
+        "stalls_topic": f"it-{run}-stalls",
+        "drift_topic": f"it-{run}-drift",
+        "nudges_topic": f"it-{run}-nudges",
+        "held_out_topic": f"it-{run}-held-out",
+        "outcomes_topic": f"it-{run}-outcomes",
+        "redis_url": os.environ.get("JOURNEY_TEST_REDIS", "redis://127.0.0.1:6379/0"),
+        "redis_prefix": f"it-{run}:",
         "partitions": 4,
         "data_dir": tmp_path / "data",
         "session_timeout_s": 10.0,
@@ -344,3 +351,38 @@ def worker_metric(worker: WorkerProcess, name: str, **labels: str) -> float:
         if line.startswith(want + " "):
             return float(line.split()[-1])
     raise AssertionError(f"{want} not in /metrics")
+
+
+def topic_records(settings: Settings, topic: str) -> list[dict[str, Any]]:
+    """Every JSON record of ``topic``, in partition order."""
+    return [orjson.loads(r.value) for r in read_topic(settings, topic) if r.value is not None]
+
+
+def fold_topic(settings: Settings, jmap: Any = MAP) -> dict[str, CustomerState]:
+    """The plain fold of everything in the touchpoints topic: events and the
+    worker's clock records alike, each partition in offset order."""
+    from models.events import CLOCK_HEADER, parse_clock
+    from models.reducer import fold
+
+    items: list[Touchpoint | Any] = []
+    for rec in read_topic(settings, settings.touchpoints_topic):
+        parsed = (
+            parse_clock(rec.value, rec.key)
+            if CLOCK_HEADER in rec.headers
+            else parse_touchpoint(rec.value, jmap, key=rec.key)
+        )
+        if not isinstance(parsed, Rejection):
+            items.append(parsed)
+    return fold(jmap, items)
+
+
+def wait_for(what: str, check: Any, timeout: float = 60.0, every: float = 0.5) -> Any:
+    """Poll ``check()`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)

@@ -1,0 +1,211 @@
+"""The nudge dispatcher: nudges the core decided, through the Redis gate, onto
+the ``nudges`` (or ``nudges-held-out``) topic.
+
+An outbox per owned partition holds every nudge not yet decided by the gate:
+ones just decided by a batch, ones waiting for quiet hours to end, ones
+waiting for Redis to come back. It is memory only, and needs no more: the
+customer's table value lists its open nudges, and when a partition is
+assigned the deadline index's scan puts them back here (the gate answers
+"already decided" for those that went out). So a crash, a restart or a
+Redis outage neither loses nor doubles a nudge.
+
+While Redis is down the outbox waits; tracking goes on untouched (batches
+never call Redis then), the log says so once, ``/health`` shows it and
+``journey_nudge_gate_up`` is 0. Each clock tick tries again, so a Redis
+that comes back is used without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from models.journey_map import JourneyMap
+from models.nudges import quiet_release
+from models.outputs import Nudge
+from models.state import CustomerState
+from stream.batching import PartitionBatches
+from stream.metrics import TrackerMetrics
+from stream.nudge_gate import Claim, GateDown, NudgeGate
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Nudges one outbox holds at most; beyond it the oldest wait for the next
+# partition scan (they are in the table), so memory stays bounded in a long outage.
+MAX_PENDING = 100_000
+
+
+@dataclass(slots=True)
+class Pending:
+    nudge: Nudge
+    partition: int
+    not_before: int = 0  # epoch ms: quiet hours hold it until then
+    quiet_counted: bool = False
+
+
+class NudgeDispatcher:
+    """Holds decided nudges until the gate and the broker have taken them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        jmap: JourneyMap,
+        gate: NudgeGate,
+        producer: Callable[[], AIOKafkaProducer],
+        metrics: TrackerMetrics,
+        clock: Callable[[], int],
+    ) -> None:
+        self._settings = settings
+        self._jmap = jmap
+        self._gate = gate
+        self._producer = producer
+        self._metrics = metrics
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self.pending: dict[str, Pending] = {}
+        self.gate_up = True
+        metrics.nudge_gate_up.set(1)
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def submit(self, partition: int, nudge: Nudge) -> None:
+        if nudge.nudge_id in self.pending:
+            return
+        if len(self.pending) >= MAX_PENDING:
+            self.pending.pop(next(iter(self.pending)))
+        self.pending[nudge.nudge_id] = Pending(nudge, partition)
+
+    def resubmit_open(self, partition: int, state: CustomerState, now: int) -> None:
+        """Put back the open nudges of a stored customer (a partition scan)."""
+        max_age = self._jmap.nudges.max_age_s * 1000
+        for ref in state.nudges:
+            if ref.outcome is not None or now - ref.created_at > max_age:
+                continue
+            policy = self._jmap.nudges.kind(ref.kind)
+            if policy is None:
+                continue
+            self.submit(
+                partition,
+                Nudge(
+                    nudge_id=ref.nudge_id,
+                    customer_id=state.customer_id,
+                    kind=ref.kind,
+                    channel=policy.channel,
+                    stage=ref.stage,
+                    trigger=policy.trigger,
+                    reason={"resumed": True},
+                    created_at=ref.created_at,
+                    held_out=ref.held_out,
+                    cooldown_s=policy.cooldown_s,
+                ),
+            )
+
+    async def flush(self, *, from_batch: bool = False) -> None:
+        """Take every due nudge through the gate and produce the ones that go.
+
+        From a batch it does nothing while Redis is down or another flush
+        runs, so that tracking never waits for Redis."""
+        if from_batch and (not self.gate_up or self._lock.locked()):
+            return
+        async with self._lock:
+            await self._flush(self._clock())
+
+    async def _flush(self, now: int) -> None:
+        rules = self._jmap.nudges
+        max_age = rules.max_age_s * 1000
+        out = PartitionBatches(self._producer())
+        going: list[tuple[Pending, Claim]] = []
+        for nudge_id, p in list(self.pending.items()):
+            n = p.nudge
+            if p.not_before > now:
+                continue
+            if now - n.created_at > max_age:
+                self._count(n.kind, "expired")
+                del self.pending[nudge_id]
+                continue
+            release = quiet_release(rules.quiet_hours, now)
+            if release is not None:
+                p.not_before = release
+                if not p.quiet_counted:
+                    p.quiet_counted = True
+                    self._count(n.kind, "quiet_hours")
+                continue
+            try:
+                claim = await self._gate.claim(
+                    customer=n.customer_id,
+                    kind=n.kind,
+                    nudge_id=nudge_id,
+                    now_ms=now,
+                    cooldown_s=n.cooldown_s,
+                    cap_count=rules.cap_count,
+                    cap_window_s=rules.cap_window_s,
+                    held_out=n.held_out,
+                )
+            except GateDown as exc:
+                self._down(exc)
+                break
+            self._up()
+            if claim.decision == "capped":
+                self._count(n.kind, "capped")
+                del self.pending[nudge_id]
+            elif not claim.pending:
+                del self.pending[nudge_id]  # decided and produced before (a replay or a restart)
+            else:
+                topic = (
+                    self._settings.held_out_topic
+                    if claim.decision == "held_out"
+                    else self._settings.nudges_topic
+                )
+                value = orjson.dumps(n.to_record(sent_at=now))
+                out.add(topic, p.partition, n.customer_id.encode(), value)
+                going.append((p, claim))
+        if not going:
+            return
+        try:
+            await out.send()
+        except Exception as exc:  # the broker: keep them; the gate says pending, so they go again
+            log.warning("producing %d nudges failed, will retry: %r", len(going), exc)
+            for p, _ in going:
+                self._count(p.nudge.kind, "failed")
+            return
+        for p, claim in going:
+            n = p.nudge
+            try:
+                await self._gate.done(n.customer_id, n.kind, n.nudge_id, claim.decision)
+            except GateDown as exc:
+                self._down(exc)  # produced; a retry re-produces it with the same id
+                return
+            self.pending.pop(n.nudge_id, None)
+            self._count(n.kind, claim.decision)
+
+    def _count(self, kind: str, outcome: str) -> None:
+        self._metrics.nudges.labels(kind, outcome).inc()
+
+    def _down(self, exc: Exception) -> None:
+        if self.gate_up:
+            log.warning(
+                "Redis is down (%s): %d nudges wait and are retried each tick", exc, len(self.pending)
+            )
+        self.gate_up = False
+        self._metrics.nudge_gate_up.set(0)
+
+    def _up(self) -> None:
+        if not self.gate_up:
+            log.info("Redis is back: sending the %d waiting nudges", len(self.pending))
+        self.gate_up = True
+        self._metrics.nudge_gate_up.set(1)
+
+    # PartitionListener
+    def on_partition_ready(self, partition: int) -> None:
+        pass  # the deadline index's scan resubmits the partition's open nudges
+
+    def on_partition_revoked(self, partition: int) -> None:
+        for nudge_id in [i for i, p in self.pending.items() if p.partition == partition]:
+            del self.pending[nudge_id]

@@ -1,0 +1,98 @@
+"""The deadline index: per owned partition, customers ordered by their next
+deadline (a stall, inactivity, a nudge window; ``models.effects.next_deadline``).
+
+Built when a partition is assigned and its state recovered (one scan of the
+partition's store), updated by every batch, dropped on revoke. A tick pops
+what is due in time proportional to what is due, never to the customers
+held: a heap with lazy deletion, and a map of each customer's current
+deadline that says which heap entries still count. The heap is rebuilt
+from the map when stale entries outnumber live ones.
+
+The index holds no truth of its own: the table does. A lost entry (a crash,
+a clock record that never arrived) is found again at the next rebuild.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+# Entries kept beyond the live ones before the heap is compacted.
+_SLACK = 1024
+
+
+@dataclass(slots=True)
+class _Partition:
+    heap: list[tuple[int, str]] = field(default_factory=list)
+    due: dict[str, int] = field(default_factory=dict)
+
+    def set(self, customer: str, deadline: int | None) -> None:
+        if deadline is None:
+            self.due.pop(customer, None)
+            return
+        if self.due.get(customer) == deadline:
+            return
+        self.due[customer] = deadline
+        heapq.heappush(self.heap, (deadline, customer))
+        if len(self.heap) > 2 * len(self.due) + _SLACK:
+            self.heap = [(d, c) for c, d in self.due.items()]
+            heapq.heapify(self.heap)
+
+    def pop_due(self, now: int, limit: int) -> list[str]:
+        heap, due = self.heap, self.due
+        out: list[str] = []
+        while heap and heap[0][0] <= now and len(out) < limit:
+            deadline, customer = heapq.heappop(heap)
+            if due.get(customer) == deadline:
+                del due[customer]
+                out.append(customer)
+        return out
+
+
+class DeadlineIndex:
+    """Customers by next deadline, per partition (a lifecycle listener)."""
+
+    def __init__(self, load_partition: Callable[[int], Iterable[tuple[str, int | None]]]) -> None:
+        """``load_partition(p)`` yields (customer, deadline) for every stored customer of ``p``."""
+        self._load = load_partition
+        self._parts: dict[int, _Partition] = {}
+
+    def __len__(self) -> int:
+        return sum(len(p.due) for p in self._parts.values())
+
+    def partitions(self) -> list[int]:
+        return sorted(self._parts)
+
+    def set(self, partition: int, customer: str, deadline: int | None) -> None:
+        part = self._parts.get(partition)
+        if part is not None:  # not (or no longer) owned: nothing to index
+            part.set(customer, deadline)
+
+    def pop_due(self, partition: int, now: int, limit: int = 10_000) -> list[str]:
+        """Customers of ``partition`` whose deadline is at or before ``now``, taken
+        out of the index (a batch puts them back with their next deadline)."""
+        part = self._parts.get(partition)
+        return part.pop_due(now, limit) if part is not None else []
+
+    def next_due(self, partition: int) -> int | None:
+        part = self._parts.get(partition)
+        while part is not None and part.heap:
+            deadline, customer = part.heap[0]
+            if part.due.get(customer) == deadline:
+                return deadline
+            heapq.heappop(part.heap)
+        return None
+
+    def rebuild(self, partition: int) -> None:
+        part = self._parts[partition] = _Partition()
+        part.due = {c: d for c, d in self._load(partition) if d is not None}
+        part.heap = [(d, c) for c, d in part.due.items()]
+        heapq.heapify(part.heap)
+
+    # PartitionListener
+    def on_partition_ready(self, partition: int) -> None:
+        self.rebuild(partition)
+
+    def on_partition_revoked(self, partition: int) -> None:
+        self._parts.pop(partition, None)

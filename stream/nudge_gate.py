@@ -1,0 +1,135 @@
+"""Frequency caps, cooldowns and de-duplication of nudges, atomic in Redis.
+
+One Lua script decides each nudge once, for every worker at once:
+
+* a nudge id already decided gets the same decision back (a replay, a
+  restart, a second worker after a rebalance);
+* a cooldown key per customer and kind, and a rolling window of sends per
+  customer (a sorted set), cap what goes out: ``capped``;
+* otherwise the cooldown and the window record it, and the decision is
+  ``sent`` or, for a held-out customer, ``held_out``.
+
+A decision is stored as ``pending:<decision>`` until the worker has produced
+the record, then ``done:<decision>``. A pending one found again (the worker
+died between the two) is produced again with the same nudge id; consumers
+drop repeats by id. Keys (with the configured prefix; ``{customer}`` is a
+Redis Cluster hash tag, so one customer's keys share a slot)::
+
+    <prefix>{<customer>}:nudge:<nudge_id>   the decision       (TTL: status_ttl)
+    <prefix>{<customer>}:cool:<kind>        cooldown marker    (TTL: the kind's cooldown)
+    <prefix>{<customer>}:sent               sorted set of sends (TTL: the cap window)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from stream.errors import StreamError
+
+Decision = Literal["sent", "held_out", "capped"]
+
+_SCRIPT = """
+local st = redis.call('GET', KEYS[1])
+if st then return st end
+local now = tonumber(ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SET', KEYS[1], 'done:capped', 'PX', ARGV[6])
+  return 'done:capped'
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[4]))
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[1], 'done:capped', 'PX', ARGV[6])
+  return 'done:capped'
+end
+redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[3], now, ARGV[7])
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
+local d = 'pending:sent'
+if ARGV[5] == '1' then d = 'pending:held_out' end
+redis.call('SET', KEYS[1], d, 'PX', ARGV[6])
+return d
+"""
+
+
+class GateDown(StreamError):
+    """Redis did not answer: the nudge waits and is tried again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    decision: Decision
+    pending: bool  # True: produce the record, then call done()
+
+
+class NudgeGate:
+    """The Redis side of the nudge policy (``redis.asyncio``: never blocks the loop)."""
+
+    def __init__(self, url: str, prefix: str, timeout_s: float, status_ttl_s: int) -> None:
+        self._redis: Any = aioredis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
+        )
+        self._script = self._redis.register_script(_SCRIPT)
+        self._prefix = prefix
+        self._ttl_ms = status_ttl_s * 1000
+
+    def _keys(self, customer: str, kind: str, nudge_id: str) -> list[str]:
+        base = f"{self._prefix}{{{customer}}}"
+        return [f"{base}:nudge:{nudge_id}", f"{base}:cool:{kind}", f"{base}:sent"]
+
+    async def claim(
+        self,
+        *,
+        customer: str,
+        kind: str,
+        nudge_id: str,
+        now_ms: int,
+        cooldown_s: int,
+        cap_count: int,
+        cap_window_s: int,
+        held_out: bool,
+    ) -> Claim:
+        keys = self._keys(customer, kind, nudge_id)
+        args: list[int | str] = [
+            now_ms,
+            cooldown_s * 1000,
+            cap_count,
+            cap_window_s * 1000,
+            int(held_out),
+            self._ttl_ms,
+            nudge_id,
+        ]
+        try:
+            raw = await self._script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise GateDown(f"redis: {exc!r}") from exc
+        state, _, decision = str(raw).partition(":")
+        return Claim(decision, state == "pending")  # type: ignore[arg-type]
+
+    async def done(self, customer: str, kind: str, nudge_id: str, decision: Decision) -> None:
+        key = self._keys(customer, kind, nudge_id)[0]
+        try:
+            await self._redis.set(key, f"done:{decision}", xx=True, keepttl=True)
+        except (RedisError, OSError) as exc:
+            raise GateDown(f"redis: {exc!r}") from exc
+
+    async def forget_customer(self, customer: str) -> None:
+        """Remove every key of one customer (erasure)."""
+        try:
+            keys = [k async for k in self._redis.scan_iter(match=f"{self._prefix}{{{customer}}}:*")]
+            if keys:
+                await self._redis.delete(*keys)
+        except (RedisError, OSError) as exc:
+            raise GateDown(f"redis: {exc!r}") from exc
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
