@@ -3,6 +3,8 @@
 # stack that `make demo` started. `demo.sh stop` (make demo-stop) ends them.
 #
 # Environment: DEMO_CUSTOMERS [20000], DEMO_RATE events/s [300],
+# DEMO_SPAN_DAYS [0.01: event times over the last quarter hour],
+# JOURNEY_MAP_PATH [deploy/local/demo-map.yaml: a cart stalls after 20 s],
 # JOURNEY_WEB_PORT [6066], and any other JOURNEY_* setting.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -10,6 +12,9 @@ repo="$(cd "$here/../.." && pwd)"
 run="${JOURNEY_STACK_DIR:-$repo/.stack}/demo"
 bin="$repo/.venv/bin"
 port="${JOURNEY_WEB_PORT:-6066}"
+# The demo map has thresholds in seconds and minutes, so stalls, nudges,
+# churn risk and defection show within a minute or two.
+export JOURNEY_MAP_PATH="${JOURNEY_MAP_PATH:-$here/demo-map.yaml}"
 
 stop() {
     for name in simulator worker; do
@@ -37,10 +42,10 @@ start() {
     done
     curl -fs "http://127.0.0.1:$port/health" >/dev/null || { echo "demo: worker not ready" >&2; exit 1; }
     nohup "$bin/journey" simulate --customers "${DEMO_CUSTOMERS:-20000}" --rate "${DEMO_RATE:-300}" \
-        --duplicates 0.02 --malformed 0.01 >"$run/simulator.log" 2>&1 &
+        --span-days "${DEMO_SPAN_DAYS:-0.01}" --duplicates 0.02 --malformed 0.01 >"$run/simulator.log" 2>&1 &
     echo $! >"$run/simulator.pid"
     echo "demo: simulator sending ${DEMO_RATE:-300} events/s (log: $run/simulator.log)"
-    sleep 12
+    sleep 30
     local status someone
     status="$("$bin/journey" status)"
     echo "$status"
@@ -51,7 +56,8 @@ Customers are moving. Look at:
   live counts      .venv/bin/journey status --watch 2
   one customer     curl -s http://127.0.0.1:$port/customers/${someone:-<customer_id>}
   worker metrics   curl -s http://127.0.0.1:$port/metrics | grep ^journey_
-  transitions      topic journey-transitions; refused events: topic touchpoints-dlq
+  nudges live      .venv/bin/journey tail nudges     (also: stalls, held-out, drift, outcomes)
+  transitions      .venv/bin/journey tail transitions; refused events: .venv/bin/journey tail dlq
 Stop everything:   make demo-stop
 EOT
 }

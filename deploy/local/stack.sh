@@ -8,6 +8,8 @@
 #   deploy/local/stack.sh status   say what runs, exit 1 if something does not
 #   deploy/local/stack.sh kafka-stop   stop Kafka alone (TERM, as an outage or an upgrade would)
 #   deploy/local/stack.sh kafka-start  start Kafka alone again on the same data, wait until it answers
+#   deploy/local/stack.sh redis-stop   stop Redis alone (an outage)
+#   deploy/local/stack.sh redis-start  start Redis alone again, wait until it answers
 #   deploy/local/stack.sh logs     tail the broker and Redis logs
 #   deploy/local/stack.sh clean    down, then delete the data directory
 #
@@ -221,6 +223,11 @@ kafka-start)
     need
     kafka_up
     kafka_wait
+    ;;
+redis-stop) stop_pid redis "$stack_dir/redis.pid" ;;
+redis-start)
+    need
+    redis_up
     ;;
 logs) tail -n 50 -F "$stack_dir/kafka/logs/server.log" "$stack_dir/redis/redis.log" ;;
 clean)

@@ -295,6 +295,17 @@ def stack(verb: str) -> None:
     subprocess.run([str(STACK), verb], check=True, capture_output=True, timeout=180)
 
 
+class RedisOutage:
+    """Redis stopped now, started again on leaving the block."""
+
+    def __enter__(self) -> RedisOutage:
+        stack("redis-stop")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stack("redis-start")
+
+
 class KafkaOutage:
     """Kafka stopped (SIGTERM) now, started again on :meth:`end` or on leaving the block."""
 

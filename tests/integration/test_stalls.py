@@ -20,6 +20,7 @@ from models.nudges import held_out
 from stream.kafka_tools import ensure_topics, tracker_topics
 from stream.simulator import SimMessage
 from tests.integration.harness import (
+    RedisOutage,
     WorkerProcess,
     fold_topic,
     make_settings,
@@ -161,3 +162,102 @@ def test_stalls_nudges_and_drift_end_to_end(spawn: list[WorkerProcess], tmp_path
     all_nudges = topic_records(settings, settings.nudges_topic)
     ids = [n["nudge_id"] for n in all_nudges]
     assert len(ids) == len(set(ids)), orjson.dumps(all_nudges)
+
+
+def abandoned_carts(prefix: str, n: int, ago_s: float = 45) -> tuple[list[str], list[SimMessage]]:
+    cids = [f"{prefix}-{i}" for i in range(n)]
+    return cids, [msg(c, "add_to_cart", ago_s) for c in cids]
+
+
+def per_customer_ids(records: list[dict[str, Any]], field: str) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for r in records:
+        out.setdefault(r["customer_id"], set()).add(r[field])
+    return out
+
+
+def test_a_sigkill_during_a_burst_of_due_stalls_repeats_and_loses_none(
+    spawn: list[WorkerProcess], tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, map_path=DEMO_MAP_PATH, partitions=2, store="rocksdb://")
+    ensure_topics(settings, tracker_topics(settings))
+    first = WorkerProcess(settings, tmp_path / "worker-1.log").start()
+    spawn.append(first)
+    first.wait_ready()
+    cids, messages = abandoned_carts("burst", 3000)
+    send_messages(settings, messages)
+    # Kill it once stalls are coming out, mid-burst.
+    wait_for("the first stalls", lambda: topic_records(settings, settings.stalls_topic), every=0.1)
+    first.kill()
+    second = WorkerProcess(
+        settings, tmp_path / "worker-2.log", data_dir=settings.data_dir / "worker-1"
+    ).start()
+    spawn.append(second)
+    second.wait_ready()
+
+    def all_stalled() -> dict[str, set[str]] | None:
+        got = per_customer_ids(by_type(topic_records(settings, settings.stalls_topic), "stall"), "episode_id")
+        return got if len(got) == len(cids) else None
+
+    episodes = wait_for("a stall for every cart", all_stalled, timeout=120)
+    assert all(len(ids) == 1 for ids in episodes.values())  # one episode each, repeats share its id
+    wait_for(
+        "every nudge decided",
+        lambda: (
+            len(topic_records(settings, settings.nudges_topic))
+            + len(topic_records(settings, settings.held_out_topic))
+            >= len(cids)
+        ),
+        timeout=120,
+    )
+    nudged = per_customer_ids(topic_records(settings, settings.nudges_topic), "nudge_id")
+    held = per_customer_ids(topic_records(settings, settings.held_out_topic), "nudge_id")
+    assert all(len(ids) == 1 for ids in [*nudged.values(), *held.values()])  # at most one each, by id
+    assert set(nudged) | set(held) == set(cids) and not set(nudged) & set(held)
+    assert {c for c in cids if held_out(c, 0.10)} == set(held)
+    wait_processed(settings, [second])
+    assert stored_states(settings) == fold_topic(settings, DEMO)
+
+
+def by_type(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("type") == kind]
+
+
+def test_redis_down_holds_nudges_and_tracking_goes_on(spawn: list[WorkerProcess], tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, map_path=DEMO_MAP_PATH, partitions=2)
+    ensure_topics(settings, tracker_topics(settings))
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    spawn.append(worker)
+    worker.wait_ready()
+    cids, messages = abandoned_carts("outage", 200)
+    with RedisOutage():
+        send_messages(settings, messages)
+        # Tracking goes on: every cart stalls while Redis is away.
+        wait_for(
+            "the stalls",
+            lambda: len(by_type(topic_records(settings, settings.stalls_topic), "stall")) == len(cids),
+        )
+        health = wait_for(
+            "the worker to say Redis is down",
+            lambda: (h := worker.health()) and h["nudges"]["redis"] == "down" and h,
+        )
+        assert health["nudges"]["waiting"] > 0
+        assert worker_metric(worker, "journey_nudge_gate_up") == 0
+        assert topic_records(settings, settings.nudges_topic) == []
+    # Back: every nudge goes out once, without a restart.
+    wait_for(
+        "the nudges after Redis came back",
+        lambda: (
+            len(topic_records(settings, settings.nudges_topic))
+            + len(topic_records(settings, settings.held_out_topic))
+            == len(cids)
+        ),
+        timeout=60,
+    )
+    nudged = per_customer_ids(topic_records(settings, settings.nudges_topic), "nudge_id")
+    held = per_customer_ids(topic_records(settings, settings.held_out_topic), "nudge_id")
+    assert set(nudged) | set(held) == set(cids)
+    assert all(len(ids) == 1 for ids in [*nudged.values(), *held.values()])
+    assert worker_metric(worker, "journey_nudge_gate_up") == 1
+    health = worker.health()
+    assert health is not None and health["nudges"] == {**health["nudges"], "redis": "up", "waiting": 0}
