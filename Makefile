@@ -53,6 +53,7 @@ bench: venv stack-up
 	$(BIN)/python bench/fold.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/stalls.py
 
 soak: venv stack-up
 	bench/soak.sh
