@@ -273,14 +273,34 @@ def forensics(
     return "\n".join(lines)
 
 
+def settled_states(
+    settings: Settings, timeout: float = 30.0
+) -> tuple[dict[str, CustomerState], dict[str, CustomerState]]:
+    """The stored states and the plain fold of the touchpoints topic, once they
+    agree or ``timeout`` passes: clock records for deadlines that came due
+    may still be arriving after the input lag reached zero."""
+    deadline = time.monotonic() + timeout
+    while True:
+        folded = fold_topic(settings)
+        got = stored_states(settings)
+        if got == folded or time.monotonic() > deadline:
+            return got, folded
+        time.sleep(1.0)
+
+
 def assert_equals_fold(settings: Settings, want: Expected) -> None:
     """State, dead letters and transitions equal the fold's, once repeats are dropped.
 
     At-least-once delivery may repeat dead letters and transitions after a
     crash or rebalance; consumers drop them by source and by id, so do we.
     """
-    got = stored_states(settings)
-    assert got == want.states, diff_states(got, want.states) + "\n" + forensics(settings, got, want.states)
+    got, folded = settled_states(settings)
+    assert got == folded, diff_states(got, folded) + "\n" + forensics(settings, got, folded)
+    # And the events applied are exactly the fold's of what was sent (clock
+    # records add stalls, drift and defection, never events).
+    assert {c: (s.events, s.type_counts) for c, s in got.items()} == {
+        c: (s.events, s.type_counts) for c, s in want.states.items()
+    }, diff_states(got, want.states)
     dead, _ = dead_letters(settings)
     assert dead == want.dead
     transitions, _ = transition_records(settings)
