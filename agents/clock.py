@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from agents.nudges import NudgeDispatcher
@@ -31,6 +32,7 @@ from stream.batching import PartitionBatches
 from stream.deadlines import DeadlineIndex
 from stream.faust_compat import aiokafka_producer
 from stream.runtime import Runtime
+from stream.stage_counts import StageCounts
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +79,12 @@ class ClockTicker:
         return len(due)
 
 
-def partition_loader(
-    rt: Runtime, dispatcher: NudgeDispatcher, clock: Callable[[], int]
+def partition_scan(
+    rt: Runtime, dispatcher: NudgeDispatcher, stages: StageCounts, clock: Callable[[], int]
 ) -> Callable[[int], list[tuple[str, int | None]]]:
-    """What the deadline index scans when a partition is ready: every stored
-    customer's next deadline; their open nudges go back to the outbox."""
+    """The one scan of a partition's store when it is ready: every stored
+    customer's next deadline for the deadline index, its open nudges back to
+    the outbox, and the partition's customers per stage."""
     from stream.codec import decode_stored
 
     jmap = rt.journey_map
@@ -89,11 +92,14 @@ def partition_loader(
     def load(partition: int) -> list[tuple[str, int | None]]:
         started, now = time.monotonic(), clock()
         out: list[tuple[str, int | None]] = []
+        counts: Counter[str] = Counter()
         for _, raw in rt.store.scan(partition):
             _, state = decode_stored(raw)
             out.append((state.customer_id, deadline_of(jmap, state)))
+            counts[state.stage] += 1
             if state.nudges:
                 dispatcher.resubmit_open(partition, state, now)
+        stages.set_partition(partition, counts)
         log.info(
             "deadline index for partition %d: %d customers scanned in %.2f s",
             partition,

@@ -19,6 +19,7 @@ customer that still fails are dead-lettered as ``processing_error``.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -91,6 +92,8 @@ class BatchPlan:
     updates: list[CustomerUpdate] = field(default_factory=list)
     replayed: int = 0
     clocks: int = 0  # clock readings among the records
+    by_type: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, channel) of new touchpoints
+    event_times: list[int] = field(default_factory=list)  # event time of each new touchpoint
 
     @property
     def changed(self) -> list[CustomerUpdate]:
@@ -148,6 +151,9 @@ def plan_batch(
                 continue
             accepted.append((parsed, rec))
             where[cid] = (partition, rec.offset)
+            if isinstance(parsed, Touchpoint):
+                out.by_type[parsed.type, parsed.channel] += 1
+                out.event_times.append(parsed.ts)
     states = {cid: (s[1] if s is not None else None) for cid, s in stored.items()}
     try:
         folds = fold_batch(jmap, states, (tp for tp, _ in accepted))

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import orjson
 
-from agents.clock import ClockTicker, partition_loader, wall_clock_ms
+from agents.clock import ClockTicker, partition_scan, wall_clock_ms
 from agents.nudges import NudgeDispatcher
 from agents.plan import BatchPlan, plan_batch
 from models.effects import deadline_of
@@ -78,7 +78,8 @@ class TouchpointsAgent:
             s, rt.journey_map, self.gate, lambda: aiokafka_producer(rt.app), rt.metrics, clock
         )
         rt.lifecycle.add_listener(self.nudges)
-        self.deadlines = DeadlineIndex(partition_loader(rt, self.nudges, clock))
+        self.stages = rt.stage_counts
+        self.deadlines = DeadlineIndex(partition_scan(rt, self.nudges, self.stages, clock))
         rt.lifecycle.add_listener(self.deadlines)
         self.ticker = ClockTicker(rt, self.deadlines, self.nudges, clock)
         rt.health["nudges"] = lambda: {
@@ -176,18 +177,35 @@ class TouchpointsAgent:
             m.rejected.labels(dl.reason).inc()
         applied = duplicates = 0
         exits = self._exit_stages
+        by_name = self.rt.journey_map.stage_by_name
+        stages = self.stages
         for u in plan.updates:
             applied += u.fold.applied
             duplicates += u.fold.duplicates
             for t in u.fold.transitions:
                 m.transitions.labels(t.from_stage or "none", t.to_stage).inc()
+                stages.moved(u.partition, t.from_stage, t.to_stage)
+                if t.from_stage is None:
+                    continue
                 if t.from_stage in exits and t.to_stage not in exits:
                     m.win_backs.inc()
+                to = by_name[t.to_stage]
+                if not to.exit and to.index > by_name[t.from_stage].index:
+                    m.conversions.labels(t.from_stage, t.to_stage).inc()
+                if t.previous_stage_ms is not None:
+                    m.stage_duration.labels(t.from_stage).observe(t.previous_stage_ms / 1000)
             for o in u.fold.outputs:
                 if isinstance(o, StallRecord):
                     m.stalls.labels(o.stage).inc()
                 elif isinstance(o, ChurnRisk):
                     m.churn_risks.inc()
+        for (etype, channel), n in plan.by_type.items():
+            m.events_by_type.labels(etype, channel).inc(n)
+        if plan.event_times:
+            now_s = self.clock() / 1000
+            observe = m.event_lag.observe
+            for ts in plan.event_times:
+                observe(max(0.0, now_s - ts / 1000))
         m.events.labels("applied").inc(applied)
         m.events.labels("duplicate").inc(duplicates)
 

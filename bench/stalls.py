@@ -59,8 +59,8 @@ def main() -> None:
     pairs: dict[int, list[tuple[str, int | None]]] = {p: [] for p in range(args.partitions)}
     for i in range(args.customers):
         cid = f"c{i:07d}"
-        due = i < args.due
-        at = NOW - cart_s * 1000 - 1000 if due else NOW - (i % 3000) * 1000
+        is_due = i < args.due
+        at = NOW - cart_s * 1000 - 1000 if is_due else NOW - (i % 3000) * 1000
         state = apply(jmap, None, Touchpoint(f"e{i}", cid, "add_to_cart", "web", at)).state
         assert state is not None
         key = cid.encode()
@@ -92,7 +92,7 @@ def main() -> None:
 
     def load(partition: int, key: bytes) -> tuple[int, object] | None:
         raw = table.get(key)
-        return decode_stored(raw) if raw is not None else None  # type: ignore[return-value]
+        return decode_stored(raw) if raw is not None else None
 
     plan = plan_batch(jmap, due, load, partitions=args.partitions, max_event_bytes=65536)  # type: ignore[arg-type]
     stalls = sum(1 for u in plan.updates for o in u.fold.outputs if isinstance(o, StallRecord))

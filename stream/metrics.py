@@ -9,18 +9,40 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from models.events import REASONS
+from models.journey_map import JourneyMap
 from stream.lifecycle import PartitionLifecycle
 
 OUTCOMES = ("applied", "duplicate", "rejected", "replayed")
 PROBLEMS = ("stalled", "commit_stalled")
 # What became of a nudge the policy decided (journey_nudges_total{kind,outcome}).
 NUDGE_OUTCOMES = ("sent", "held_out", "capped", "quiet_hours", "expired", "failed")
+_M, _H, _D = 60.0, 3600.0, 86400.0
+# Time in a stage: from minutes (a cart) to months (loyalty).
+STAGE_DURATION_BUCKETS = (
+    _M,
+    5 * _M,
+    15 * _M,
+    _H,
+    4 * _H,
+    12 * _H,
+    _D,
+    3 * _D,
+    7 * _D,
+    14 * _D,
+    30 * _D,
+    90 * _D,
+    180 * _D,
+    365 * _D,
+)
+# Processing time minus event time: sub-second when live, days for a backfill.
+EVENT_LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, _M, 5 * _M, _H, _D, 7 * _D)
 
 
 class PartitionCollector(Collector):
@@ -65,6 +87,10 @@ class TrackerMetrics:
     win_backs: Counter
     clock_readings: Counter
     nudge_gate_up: Gauge
+    conversions: Counter
+    stage_duration: Histogram
+    event_lag: Histogram
+    events_by_type: Counter
 
     @classmethod
     def create(
@@ -125,6 +151,33 @@ class TrackerMetrics:
                 "Clock records sent for customers whose stall, inactivity or nudge deadline came",
                 registry=registry,
             ),
+            conversions=Counter(
+                f"{prefix}_conversions",
+                "Forward moves between stages (to a later, non-exit stage; skipping ahead counts): "
+                "conversion from A to B over a window is increase(conversions{A,B}) over the "
+                "customers who entered A",
+                ["from_stage", "to_stage"],
+                registry=registry,
+            ),
+            stage_duration=Histogram(
+                f"{prefix}_stage_duration_seconds",
+                "Time spent in a stage before leaving it (event time)",
+                ["stage"],
+                buckets=STAGE_DURATION_BUCKETS,
+                registry=registry,
+            ),
+            event_lag=Histogram(
+                f"{prefix}_event_lag_seconds",
+                "Processing time minus event time of applied events",
+                buckets=EVENT_LAG_BUCKETS,
+                registry=registry,
+            ),
+            events_by_type=Counter(
+                f"{prefix}_events_by_type",
+                "Valid touchpoints by event type and channel (both sets declared by the map)",
+                ["type", "channel"],
+                registry=registry,
+            ),
             nudge_gate_up=Gauge(
                 f"{prefix}_nudge_gate_up",
                 "1 while Redis (nudge caps and de-duplication) answers; 0 while nudges wait for it",
@@ -141,10 +194,14 @@ class TrackerMetrics:
         registry.register(PartitionCollector(lifecycle, prefix))
         return m
 
-    def init_map(self, stages: list[str], nudge_kinds: list[str]) -> None:
-        """Zeros for every stage and nudge kind the map declares."""
-        for stage in stages:
+    def init_map(self, jmap: JourneyMap) -> None:
+        """Zeros for every stage, consecutive conversion and nudge kind the map declares."""
+        names = [s.name for s in jmap.stages]
+        for stage in names:
             self.stalls.labels(stage)
-        for kind in nudge_kinds:
+        forward = [s.name for s in jmap.stages if not s.exit]
+        for a, b in pairwise(forward):
+            self.conversions.labels(a, b)
+        for policy in jmap.nudges.policies:
             for outcome in NUDGE_OUTCOMES:
-                self.nudges.labels(kind, outcome)
+                self.nudges.labels(policy.kind, outcome)

@@ -26,6 +26,7 @@ from stream.faust_compat import TableStore, active_partitions, check_faust_versi
 from stream.lifecycle import PartitionLifecycle
 from stream.metrics import TrackerMetrics
 from stream.settings import Settings
+from stream.stage_counts import StageCounts
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -71,6 +72,7 @@ class Runtime:
     registry: CollectorRegistry
     metrics: TrackerMetrics
     lifecycle: PartitionLifecycle
+    stage_counts: StageCounts
     store: TableStore = field(init=False)
     # Sections agents add to /health: name -> a function returning them.
     health: dict[str, Callable[[], Any]] = field(default_factory=dict)
@@ -112,5 +114,8 @@ def build(settings: Settings, journey_map: JourneyMap | None = None) -> Runtime:
         help="Journey state per customer (key: customer id, value: stream.codec)",
     )
     metrics = TrackerMetrics.create(registry, lifecycle)
-    metrics.init_map([s.name for s in jmap.stages], [p.kind for p in jmap.nudges.policies])
-    return Runtime(settings, jmap, app, customers, touchpoints, registry, metrics, lifecycle)
+    metrics.init_map(jmap)
+    stage_counts = StageCounts(jmap.stage_names)
+    registry.register(stage_counts)
+    lifecycle.add_listener(stage_counts)
+    return Runtime(settings, jmap, app, customers, touchpoints, registry, metrics, lifecycle, stage_counts)

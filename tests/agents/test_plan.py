@@ -21,6 +21,7 @@ from stream.lifecycle import PartitionLifecycle
 from stream.metrics import TrackerMetrics
 from stream.partitioning import key_partition
 from stream.settings import Settings
+from stream.stage_counts import StageCounts
 
 N = 8
 MAP = load_map()
@@ -180,6 +181,8 @@ def test_a_flood_of_dead_letters_is_logged_in_summary(monkeypatch: pytest.Monkey
         lifecycle=lifecycle,
         journey_map=MAP,
         metrics=TrackerMetrics.create(CollectorRegistry(), lifecycle),
+        stage_counts=StageCounts(MAP.stage_names),
+        health={},
     )
     result = plan([Rec(1, i, b"k", b"?") for i in range(50)])
     with caplog.at_level("WARNING", logger=agent.__name__):

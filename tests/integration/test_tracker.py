@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from stream.partitioning import key_partition
 from stream.settings import Settings
 from stream.simulator import SimMessage, generate, produce
 from tests.integration.harness import (
+    MAP,
     WorkerProcess,
     assert_equals_fold,
     changelog_records,
@@ -109,6 +111,11 @@ def test_ten_thousand_events_equal_the_fold(
     status, body = a.get("/customers/nobody-like-this")
     assert status == 404 and body["customer_id"] == "nobody-like-this"
 
+    # Live customers per stage, summed over both workers, are exact.
+    per_stage = Counter(s.stage for s in folded.values())
+    for stage in MAP.stage_names:
+        assert sum(worker_metric(w, "journey_customers", stage=stage) for w in (a, b)) == per_stage[stage]
+
 
 @pytest.mark.parametrize("store", ["rocksdb://"])
 def test_sigkill_mid_stream_loses_and_doubles_nothing(
@@ -181,3 +188,7 @@ def test_workers_joining_and_leaving_mid_stream_lose_nothing(
     wait_processed(settings, [b])
 
     assert_equals_fold(settings, want)
+    # Right after the rebalances, the one worker left counts every customer once.
+    per_stage = Counter(s.stage for s in stored_states(settings).values())
+    for stage in MAP.stage_names:
+        assert worker_metric(b, "journey_customers", stage=stage) == per_stage[stage]
