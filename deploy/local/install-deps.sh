@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the local stack needs from Debian's packages, if missing:
-# a Java runtime, Maven (to fetch the Kafka jars once) and redis-server.
+# a Java runtime, Maven (to fetch the Kafka jars once), redis-server and
+# prometheus (with promtool).
 # Needs root (or sudo); prints what it would install otherwise.
 set -euo pipefail
 
@@ -9,6 +10,8 @@ command -v java >/dev/null || pkgs+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || pkgs+=(maven)
 command -v redis-server >/dev/null || pkgs+=(redis-server)
 command -v redis-cli >/dev/null || pkgs+=(redis-tools)
+command -v prometheus >/dev/null || pkgs+=(prometheus)
+command -v curl >/dev/null || pkgs+=(curl)
 ((${#pkgs[@]})) || exit 0
 
 if [[ $(id -u) -eq 0 ]]; then

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The local stack without Docker: a single-node Apache Kafka in KRaft mode
-# (jars from Maven Central, pinned in deploy/local/pom.xml, cached) and
-# Debian's redis-server, both on 127.0.0.1, data under one directory.
+# (jars from Maven Central, pinned in deploy/local/pom.xml, cached),
+# Debian's redis-server and Debian's prometheus (scraping the local workers
+# with deploy/prometheus/prometheus.yml), all on 127.0.0.1, data under one
+# directory.
 #
-#   deploy/local/stack.sh up       start Kafka and Redis, wait until both answer
+#   deploy/local/stack.sh up       start Kafka, Redis and Prometheus, wait until they answer
 #   deploy/local/stack.sh down     stop both (TERM, then KILL after 20 s)
 #   deploy/local/stack.sh status   say what runs, exit 1 if something does not
 #   deploy/local/stack.sh kafka-stop   stop Kafka alone (TERM, as an outage or an upgrade would)
@@ -19,6 +21,7 @@
 #   KAFKA_PORT          broker listener               [9092]
 #   KAFKA_CONTROLLER_PORT  KRaft controller listener  [9093]
 #   REDIS_PORT          Redis                         [6379]
+#   PROMETHEUS_PORT     Prometheus                    [9090]
 #   KAFKA_HEAP_OPTS     broker JVM heap               [-Xms256m -Xmx768m]
 set -euo pipefail
 
@@ -29,6 +32,7 @@ cache_dir="${JOURNEY_CACHE_DIR:-$HOME/.cache/journey}"
 kafka_port="${KAFKA_PORT:-9092}"
 controller_port="${KAFKA_CONTROLLER_PORT:-9093}"
 redis_port="${REDIS_PORT:-6379}"
+prometheus_port="${PROMETHEUS_PORT:-9090}"
 kafka_version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")"
 libs="$cache_dir/kafka-$kafka_version/libs"
 
@@ -47,6 +51,8 @@ need() {
     command -v java >/dev/null || missing+=("java (apt-get install openjdk-17-jre-headless)")
     command -v redis-server >/dev/null || missing+=("redis-server (apt-get install redis-server)")
     command -v redis-cli >/dev/null || missing+=("redis-cli (apt-get install redis-tools)")
+    command -v prometheus >/dev/null || missing+=("prometheus (apt-get install prometheus)")
+    command -v curl >/dev/null || missing+=("curl (apt-get install curl)")
     if [[ ! -f "$libs/.complete" ]]; then
         command -v mvn >/dev/null || missing+=("mvn, to fetch the Kafka jars once (apt-get install maven)")
     fi
@@ -174,6 +180,31 @@ redis_up() {
     die "redis did not answer PONG within 20 s (log: $stack_dir/redis/redis.log)"
 }
 
+prometheus_up() {
+    mkdir -p "$stack_dir/prometheus"
+    if pid_alive "$stack_dir/prometheus.pid"; then
+        say "prometheus already running (pid $(cat "$stack_dir/prometheus.pid"))"
+        return 0
+    fi
+    port_open "$prometheus_port" && die "port $prometheus_port is taken by another process (set PROMETHEUS_PORT)"
+    say "starting prometheus on 127.0.0.1:$prometheus_port"
+    setsid prometheus --config.file="$repo/deploy/prometheus/prometheus.yml" \
+        --storage.tsdb.path="$stack_dir/prometheus/data" \
+        --web.listen-address="127.0.0.1:$prometheus_port" \
+        >"$stack_dir/prometheus/prometheus.log" 2>&1 </dev/null &
+    echo $! >"$stack_dir/prometheus.pid"
+    local deadline=$((SECONDS + 30))
+    while ((SECONDS < deadline)); do
+        if curl -fs "http://127.0.0.1:$prometheus_port/-/ready" >/dev/null 2>&1; then
+            say "prometheus is up on http://127.0.0.1:$prometheus_port"
+            return 0
+        fi
+        pid_alive "$stack_dir/prometheus.pid" || die "prometheus exited (log: $stack_dir/prometheus/prometheus.log)"
+        sleep 0.3
+    done
+    die "prometheus not ready within 30 s (log: $stack_dir/prometheus/prometheus.log)"
+}
+
 stop_pid() {
     local name="$1" f="$2"
     if ! pid_alive "$f"; then
@@ -202,6 +233,11 @@ status() {
     else
         say "redis   down"; rc=1
     fi
+    if curl -fs "http://127.0.0.1:$prometheus_port/-/ready" >/dev/null 2>&1; then
+        say "prometheus up http://127.0.0.1:$prometheus_port"
+    else
+        say "prometheus down"; rc=1
+    fi
     return $rc
 }
 
@@ -210,12 +246,14 @@ up)
     need
     mkdir -p "$stack_dir" "$cache_dir"
     redis_up
+    prometheus_up
     kafka_up
     kafka_wait
     ;;
 down)
     stop_pid kafka "$stack_dir/kafka.pid"
     stop_pid redis "$stack_dir/redis.pid"
+    stop_pid prometheus "$stack_dir/prometheus.pid"
     ;;
 status) status ;;
 kafka-stop) stop_pid kafka "$stack_dir/kafka.pid" ;;
