@@ -4,16 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := deploy/local/stack.sh
 
-.PHONY: help venv deps stack-up stack-down demo demo-stop test unit lint bench soak clean
+.PHONY: help venv deps stack-up stack-down demo demo-stop test unit lint bench soak dashboards clean
 
 help:
-	@echo "make demo       install, start Kafka + Redis, a worker and the simulator"
+	@echo "make demo       install, start Kafka, Redis and Prometheus, a worker and the simulator"
 	@echo "make demo-stop  stop the demo's worker, simulator and stack"
 	@echo "make test       install, start the stack, lint, run all tests, stop the stack"
 	@echo "make unit       tests that need no stack"
 	@echo "make lint       ruff and mypy"
 	@echo "make bench      fold speed, event-to-API latency, worker throughput vs bare consumers"
 	@echo "make soak       the slow fault tests: 20 join-then-leave rebalances, a 60 s broker outage"
+	@echo "make dashboards regenerate deploy/grafana/dashboards/*.json from deploy/grafana/dashboards.py"
 
 $(BIN)/journey: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,11 +53,14 @@ lint: venv
 bench: venv stack-up
 	$(BIN)/python bench/fold.py
 	$(BIN)/python bench/latency.py
-	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/stalls.py
+	$(BIN)/python bench/throughput.py
 
 soak: venv stack-up
 	bench/soak.sh
+
+dashboards: venv
+	$(BIN)/python deploy/grafana/dashboards.py
 
 clean:
 	$(STACK) clean

@@ -56,6 +56,7 @@ Customers are moving. Look at:
   live counts      .venv/bin/journey status --watch 2
   one customer     curl -s http://127.0.0.1:$port/customers/${someone:-<customer_id>}
   worker metrics   curl -s http://127.0.0.1:$port/metrics | grep ^journey_
+  Prometheus       http://127.0.0.1:${PROMETHEUS_PORT:-9090}  (journey rules and alerts loaded; try journey:customers:sum)
   nudges live      .venv/bin/journey tail nudges     (also: stalls, held-out, drift, outcomes)
   transitions      .venv/bin/journey tail transitions; refused events: .venv/bin/journey tail dlq
 Stop everything:   make demo-stop

@@ -20,7 +20,22 @@ SERVICES: dict[str, Any] = COMPOSE["services"]
 
 
 def test_services_are_all_there() -> None:
-    assert {"kafka", "redis", "worker", "simulator"} <= set(SERVICES)
+    assert {"kafka", "redis", "worker", "simulator", "prometheus", "grafana"} <= set(SERVICES)
+
+
+def test_workers_reach_redis_for_nudges() -> None:
+    assert SERVICES["worker"]["environment"]["JOURNEY_REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_prometheus_and_grafana_mount_files_that_exist() -> None:
+    for service in ("prometheus", "grafana"):
+        for volume in SERVICES[service]["volumes"]:
+            src = volume.split(":")[0]
+            assert (ROOT / src).exists(), f"{service} mounts missing {src}"
+    config = SERVICES["prometheus"]["command"][0].removeprefix("--config.file=/etc/prometheus/")
+    assert (ROOT / "deploy" / "prometheus" / config).exists()
+    # Grafana's version is the one the dashboard SDK generates for.
+    assert SERVICES["grafana"]["image"] == "grafana/grafana:10.1.0"
 
 
 def test_workers_are_restarted_when_they_exit() -> None:

@@ -20,8 +20,9 @@ def promtool(*args: str) -> str:
     return done.stdout + done.stderr
 
 
-def test_the_config_and_its_rule_files_are_valid() -> None:
-    out = promtool("check", "config", "prometheus.yml")
+@pytest.mark.parametrize("config", ["prometheus.yml", "compose.yml"])
+def test_the_configs_and_their_rule_files_are_valid(config: str) -> None:
+    out = promtool("check", "config", config)
     assert "2 rule files found" in out
 
 
