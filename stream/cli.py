@@ -182,7 +182,7 @@ def simulate(
             out.write(m.value + b"\n")
         return
     settings = load_settings()
-    from stream.kafka_tools import ensure_topics, producer, tracker_topics
+    from stream.kafka_tools import Sender, ensure_topics, tracker_topics
 
     try:
         ensure_topics(settings, tracker_topics(settings))
@@ -193,13 +193,12 @@ def simulate(
         f"{settings.touchpoints_topic}" + (f" at {rate:g}/s" if rate else ""),
         err=True,
     )
-    prod = producer(settings)
     topic = settings.touchpoints_topic
     try:
-        sent = produce(lambda k, v: prod.send(topic, key=k, value=v), messages, rate)
-        prod.flush()
-    finally:
-        prod.close()
+        with Sender(settings) as out:
+            sent = produce(lambda k, v: out.send(topic, k, v), messages, rate)
+    except JourneyError as exc:
+        _fail(str(exc))
     click.echo(f"sent {sent} messages", err=True)
 
 
@@ -212,11 +211,11 @@ def emit(source: click.utils.LazyFile) -> None:
     the worker validates them, and dead-letters what does not fit.
     """
     settings = load_settings()
-    from stream.kafka_tools import producer
+    from stream.kafka_tools import Sender
 
-    prod = producer(settings)
     sent = 0
     try:
+        out = Sender(settings)
         for line in source:
             line = line.strip()
             if not line:
@@ -228,11 +227,11 @@ def emit(source: click.utils.LazyFile) -> None:
                     key = obj["customer_id"].encode()
             except orjson.JSONDecodeError:
                 pass  # sent anyway: the worker dead-letters it with a reason
-            prod.send(settings.touchpoints_topic, key=key, value=line)
+            out.send(settings.touchpoints_topic, key, line if isinstance(line, bytes) else line.encode())
             sent += 1
-        prod.flush()
-    finally:
-        prod.close()
+        out.close()
+    except JourneyError as exc:
+        _fail(str(exc))
     click.echo(f"sent {sent} events to {settings.touchpoints_topic}", err=True)
 
 

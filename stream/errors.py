@@ -32,3 +32,7 @@ class RecordTooLarge(StreamError):
 
 class UnsupportedFaust(StreamError):
     """The installed faust-streaming is outside the versions ``stream.faust_compat`` was built for."""
+
+
+class DeliveryFailed(StreamError):
+    """Messages handed to a producer were not written (the broker refused or stayed away)."""

@@ -14,7 +14,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from stream.errors import StreamError, TopicMismatch
+from stream.errors import DeliveryFailed, StreamError, TopicMismatch
 from stream.settings import Settings
 
 
@@ -103,17 +103,58 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec], timeout_s: float =
 
 
 def producer(settings: Settings, **overrides: object) -> KafkaProducer:
-    """A safe producer: acks from all replicas, one request in flight (keeps order)."""
+    """A safe producer: acks from all replicas, one request in flight (keeps
+    order), retrying for up to five minutes (a broker restart or a leader
+    election) before a message counts as failed."""
     config: dict[str, object] = {
         "bootstrap_servers": settings.bootstrap_servers,
         "acks": "all",
         "linger_ms": 20,
         "max_in_flight_requests_per_connection": 1,
-        "retries": 5,
+        "delivery_timeout_ms": 300_000,
         "client_id": "journey-producer",
     }
     config.update(overrides)
     return KafkaProducer(**config)
+
+
+class Sender:
+    """A producer whose failed deliveries are counted, not lost in silence.
+
+    kafka-python reports a failed send only through its future; this counts
+    them, and :meth:`close` raises :class:`DeliveryFailed` if any failed.
+    """
+
+    def __init__(self, settings: Settings, **overrides: object) -> None:
+        self._producer = producer(settings, **overrides)
+        self.sent = 0
+        self.failed = 0
+        self._first_error: BaseException | None = None
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        self._producer.send(topic, key=key, value=value).add_errback(self._on_error)
+        self.sent += 1
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.failed += 1
+        if self._first_error is None:
+            self._first_error = exc
+
+    def close(self) -> None:
+        try:
+            self._producer.flush()
+        finally:
+            self._producer.close()
+        if self.failed:
+            raise DeliveryFailed(
+                f"{self.failed} of {self.sent} messages were not written: {self._first_error!r}"
+            )
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 10.0) -> set[int]:

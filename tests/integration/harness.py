@@ -347,15 +347,11 @@ class KafkaOutage:
 
 def send_messages(settings: Settings, messages: list[SimMessage], rate: float = 0.0) -> None:
     """Produce in order (one request in flight), batched for speed."""
-    from stream.kafka_tools import producer
+    from stream.kafka_tools import Sender
     from stream.simulator import produce
 
-    prod = producer(settings, linger_ms=50, batch_size=512 * 1024)
-    try:
-        produce(lambda k, v: prod.send(settings.touchpoints_topic, key=k, value=v), messages, rate)
-        prod.flush()
-    finally:
-        prod.close()
+    with Sender(settings, linger_ms=50, batch_size=512 * 1024) as out:
+        produce(lambda k, v: out.send(settings.touchpoints_topic, k, v), messages, rate)
 
 
 def wait_applying(worker: WorkerProcess, timeout: float = 120.0) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.kafka_tools import ensure_topics, group_lag, producer, tracker_topics
+from stream.kafka_tools import Sender, ensure_topics, group_lag, tracker_topics
 from stream.partitioning import key_partition
 from stream.settings import Settings
 from stream.simulator import SimMessage, generate, produce
@@ -34,12 +34,8 @@ NOW_MS = 1_795_503_600_000  # fixed "now": the same seed gives the same bytes
 
 
 def send_all(settings: Settings, messages: list[SimMessage], rate: float = 0.0) -> None:
-    prod = producer(settings)
-    try:
-        produce(lambda k, v: prod.send(settings.touchpoints_topic, key=k, value=v), messages, rate)
-        prod.flush()
-    finally:
-        prod.close()
+    with Sender(settings) as out:
+        produce(lambda k, v: out.send(settings.touchpoints_topic, k, v), messages, rate)
 
 
 def wait_settled(settings: Settings, workers: list[WorkerProcess], timeout: float = 180.0) -> None:
