@@ -41,6 +41,7 @@ PROPERTIES = st.none() | st.fixed_dictionaries(
     optional={
         "rating": st.integers(1, 5) | st.just("five"),
         "score": st.integers(0, 10),
+        "sentiment": st.floats(-1, 1, allow_nan=False),
         "order_value": st.floats(0, 2000, allow_nan=False) | st.just(-5),
     },
 )
