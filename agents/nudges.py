@@ -31,7 +31,7 @@ from models.outputs import Nudge
 from models.state import CustomerState
 from stream.batching import PartitionBatches
 from stream.metrics import TrackerMetrics
-from stream.nudge_gate import Claim, GateDown, NudgeGate
+from stream.nudge_gate import Claim, ClaimRequest, GateDown, NudgeGate
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,10 +118,11 @@ class NudgeDispatcher:
             await self._flush(self._clock())
 
     async def _flush(self, now: int) -> None:
+        """One round trip to Redis for every due nudge's decision, one produce,
+        one round trip to record them done."""
         rules = self._jmap.nudges
         max_age = rules.max_age_s * 1000
-        out = PartitionBatches(self._producer())
-        going: list[tuple[Pending, Claim]] = []
+        due: list[Pending] = []
         for nudge_id, p in list(self.pending.items()):
             n = p.nudge
             if p.not_before > now:
@@ -137,34 +138,44 @@ class NudgeDispatcher:
                     p.quiet_counted = True
                     self._count(n.kind, "quiet_hours")
                 continue
-            try:
-                claim = await self._gate.claim(
-                    customer=n.customer_id,
-                    kind=n.kind,
-                    nudge_id=nudge_id,
-                    now_ms=now,
-                    cooldown_s=n.cooldown_s,
-                    cap_count=rules.cap_count,
-                    cap_window_s=rules.cap_window_s,
-                    held_out=n.held_out,
-                )
-            except GateDown as exc:
-                self._down(exc)
-                break
-            self._up()
+            due.append(p)
+        if not due:
+            return
+        requests = [
+            ClaimRequest(
+                customer=p.nudge.customer_id,
+                kind=p.nudge.kind,
+                nudge_id=p.nudge.nudge_id,
+                now_ms=now,
+                cooldown_s=p.nudge.cooldown_s,
+                cap_count=rules.cap_count,
+                cap_window_s=rules.cap_window_s,
+                held_out=p.nudge.held_out,
+            )
+            for p in due
+        ]
+        try:
+            claims = await self._gate.claim_many(requests)
+        except GateDown as exc:
+            self._down(exc)
+            return
+        self._up()
+        out = PartitionBatches(self._producer())
+        going: list[tuple[Pending, Claim]] = []
+        for p, claim in zip(due, claims, strict=True):
+            n = p.nudge
             if claim.decision == "capped":
                 self._count(n.kind, "capped")
-                del self.pending[nudge_id]
+                del self.pending[n.nudge_id]
             elif not claim.pending:
-                del self.pending[nudge_id]  # decided and produced before (a replay or a restart)
+                del self.pending[n.nudge_id]  # decided and produced before (a replay or a restart)
             else:
                 topic = (
                     self._settings.held_out_topic
                     if claim.decision == "held_out"
                     else self._settings.nudges_topic
                 )
-                value = orjson.dumps(n.to_record(sent_at=now))
-                out.add(topic, p.partition, n.customer_id.encode(), value)
+                out.add(topic, p.partition, n.customer_id.encode(), orjson.dumps(n.to_record(sent_at=now)))
                 going.append((p, claim))
         if not going:
             return
@@ -175,15 +186,16 @@ class NudgeDispatcher:
             for p, _ in going:
                 self._count(p.nudge.kind, "failed")
             return
+        try:
+            await self._gate.done_many(
+                [(p.nudge.customer_id, p.nudge.kind, p.nudge.nudge_id, c.decision) for p, c in going]
+            )
+        except GateDown as exc:
+            self._down(exc)  # produced; a retry re-produces them with the same ids
+            return
         for p, claim in going:
-            n = p.nudge
-            try:
-                await self._gate.done(n.customer_id, n.kind, n.nudge_id, claim.decision)
-            except GateDown as exc:
-                self._down(exc)  # produced; a retry re-produces it with the same id
-                return
-            self.pending.pop(n.nudge_id, None)
-            self._count(n.kind, claim.decision)
+            self.pending.pop(p.nudge.nudge_id, None)
+            self._count(p.nudge.kind, claim.decision)
 
     def _count(self, kind: str, outcome: str) -> None:
         self._metrics.nudges.labels(kind, outcome).inc()

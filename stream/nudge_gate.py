@@ -65,6 +65,18 @@ class Claim:
     pending: bool  # True: produce the record, then call done()
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    customer: str
+    kind: str
+    nudge_id: str
+    now_ms: int
+    cooldown_s: int
+    cap_count: int
+    cap_window_s: int
+    held_out: bool
+
+
 class NudgeGate:
     """The Redis side of the nudge policy (``redis.asyncio``: never blocks the loop)."""
 
@@ -80,39 +92,42 @@ class NudgeGate:
         base = f"{self._prefix}{{{customer}}}"
         return [f"{base}:nudge:{nudge_id}", f"{base}:cool:{kind}", f"{base}:sent"]
 
-    async def claim(
-        self,
-        *,
-        customer: str,
-        kind: str,
-        nudge_id: str,
-        now_ms: int,
-        cooldown_s: int,
-        cap_count: int,
-        cap_window_s: int,
-        held_out: bool,
-    ) -> Claim:
-        keys = self._keys(customer, kind, nudge_id)
-        args: list[int | str] = [
-            now_ms,
-            cooldown_s * 1000,
-            cap_count,
-            cap_window_s * 1000,
-            int(held_out),
-            self._ttl_ms,
-            nudge_id,
-        ]
+    async def claim_many(self, requests: list[ClaimRequest]) -> list[Claim]:
+        """Decide many nudges in one round trip (a pipeline; each script call
+        is atomic on its own)."""
+        if not requests:
+            return []
         try:
-            raw = await self._script(keys=keys, args=args)
+            pipe = self._redis.pipeline(transaction=False)
+            for r in requests:
+                args: list[int | str] = [
+                    r.now_ms,
+                    r.cooldown_s * 1000,
+                    r.cap_count,
+                    r.cap_window_s * 1000,
+                    int(r.held_out),
+                    self._ttl_ms,
+                    r.nudge_id,
+                ]
+                await self._script(keys=self._keys(r.customer, r.kind, r.nudge_id), args=args, client=pipe)
+            raw = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise GateDown(f"redis: {exc!r}") from exc
-        state, _, decision = str(raw).partition(":")
-        return Claim(decision, state == "pending")  # type: ignore[arg-type]
+        out = []
+        for value in raw:
+            state, _, decision = str(value).partition(":")
+            out.append(Claim(decision, state == "pending"))  # type: ignore[arg-type]
+        return out
 
-    async def done(self, customer: str, kind: str, nudge_id: str, decision: Decision) -> None:
-        key = self._keys(customer, kind, nudge_id)[0]
+    async def done_many(self, items: list[tuple[str, str, str, Decision]]) -> None:
+        """Record (customer, kind, nudge id, decision) as produced, many in one round trip."""
+        if not items:
+            return
         try:
-            await self._redis.set(key, f"done:{decision}", xx=True, keepttl=True)
+            pipe = self._redis.pipeline(transaction=False)
+            for customer, kind, nudge_id, decision in items:
+                pipe.set(self._keys(customer, kind, nudge_id)[0], f"done:{decision}", xx=True, keepttl=True)
+            await pipe.execute()
         except (RedisError, OSError) as exc:
             raise GateDown(f"redis: {exc!r}") from exc
 
@@ -124,12 +139,6 @@ class NudgeGate:
                 await self._redis.delete(*keys)
         except (RedisError, OSError) as exc:
             raise GateDown(f"redis: {exc!r}") from exc
-
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError):
-            return False
 
     async def close(self) -> None:
         await self._redis.aclose()
