@@ -26,7 +26,7 @@ Semantics (README "Journey semantics" says the same for users):
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from models.effects import Extras, on_clock, on_event
 from models.events import Clock, Touchpoint
@@ -191,17 +191,11 @@ def _apply_clock(jmap: JourneyMap, state: CustomerState, clock: Clock) -> Step:
         and x.nudges is state.nudges
     ):
         return Step(state, None)
-    new = CustomerState(
-        customer_id=state.customer_id,
+    new = replace(
+        state,
         stage=stage,
         stage_entered_at=entered,
         stages=stages,
-        first_touch_channel=state.first_touch_channel,
-        first_touch_at=state.first_touch_at,
-        last_event_at=state.last_event_at,
-        events=state.events,
-        type_counts=state.type_counts,
-        recent_ids=state.recent_ids,
         stall=x.stall,
         drift=x.drift,
         nudges=x.nudges,
