@@ -69,6 +69,7 @@ class NudgeDispatcher:
         self._clock = clock
         self._lock = asyncio.Lock()
         self.pending: dict[str, Pending] = {}
+        self.erasures: set[str] = set()  # erased customers whose Redis keys are still to go
         self.gate_up = True
         metrics.nudge_gate_up.set(1)
 
@@ -115,6 +116,8 @@ class NudgeDispatcher:
         if from_batch and (not self.gate_up or self._lock.locked()):
             return
         async with self._lock:
+            if self.erasures and not from_batch:
+                await self._erase_in_redis()
             await self._flush(self._clock())
 
     async def _flush(self, now: int) -> None:
@@ -196,6 +199,27 @@ class NudgeDispatcher:
         for p, claim in going:
             self.pending.pop(p.nudge.nudge_id, None)
             self._count(p.nudge.kind, claim.decision)
+
+    def forget(self, customer_id: str) -> None:
+        """Drop an erased customer's waiting nudges."""
+        for nudge_id in [i for i, p in self.pending.items() if p.nudge.customer_id == customer_id]:
+            del self.pending[nudge_id]
+
+    async def forget_in_redis(self, customer_ids: list[str]) -> None:
+        """Erase the customers' caps, cooldowns and decisions in Redis. While
+        Redis is down they wait with the nudges and each tick tries again
+        (tracking does not wait)."""
+        self.erasures.update(customer_ids)
+        if self.gate_up:
+            await self._erase_in_redis()
+
+    async def _erase_in_redis(self) -> None:
+        try:
+            for cid in sorted(self.erasures):
+                await self._gate.forget_customer(cid)
+                self.erasures.discard(cid)
+        except GateDown as exc:
+            self._down(exc)
 
     def _count(self, kind: str, outcome: str) -> None:
         self._metrics.nudges.labels(kind, outcome).inc()

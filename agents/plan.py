@@ -24,7 +24,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from models.events import CLOCK_HEADER, Clock, Rejection, Touchpoint, parse_clock, parse_touchpoint
+from models.events import (
+    CLOCK_HEADER,
+    ERASE_HEADER,
+    Clock,
+    Erase,
+    Rejection,
+    Touchpoint,
+    parse_clock,
+    parse_erase,
+    parse_touchpoint,
+)
 from models.journey_map import JourneyMap
 from models.reducer import CustomerFold, fold_batch
 from models.state import CustomerState
@@ -50,8 +60,13 @@ class SourceRecord(Protocol):
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
-def is_clock(headers: Sequence[tuple[str, bytes]] | None) -> bool:
-    return bool(headers) and any(k == CLOCK_HEADER for k, _ in headers)  # type: ignore[union-attr]
+def internal_kind(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
+    """CLOCK_HEADER or ERASE_HEADER for the worker's own records, None for an app's event."""
+    if headers:
+        for k, _ in headers:
+            if k in (CLOCK_HEADER, ERASE_HEADER):
+                return k
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +112,8 @@ class BatchPlan:
 
     @property
     def changed(self) -> list[CustomerUpdate]:
-        """Updates that changed the state (to be written)."""
-        return [u for u in self.updates if u.fold.changed and u.fold.state is not None]
+        """Updates that changed the state (to be written, or erased)."""
+        return [u for u in self.updates if u.fold.changed and (u.fold.state is not None or u.fold.erased)]
 
 
 # (partition, key) -> (source offset of the last event applied, state), or None for a new customer
@@ -116,17 +131,20 @@ def plan_batch(
     """Validate, skip replays and fold one fetch. ``load(partition, key)``
     returns a customer's stored offset and state, or None."""
     out = BatchPlan()
-    accepted: list[tuple[Touchpoint | Clock, SourceRecord]] = []
+    accepted: list[tuple[Touchpoint | Clock | Erase, SourceRecord]] = []
     stored: dict[str, tuple[int, CustomerState] | None] = {}
     where: dict[str, tuple[int, int]] = {}  # customer -> (partition, last offset)
     homes: dict[str, int] = {}  # customer -> the partition its key belongs on
     dead = out.dead
     for partition, recs in records.items():
         for rec in recs:
-            parsed: Touchpoint | Clock | Rejection
-            if is_clock(rec.headers):
+            parsed: Touchpoint | Clock | Erase | Rejection
+            kind = internal_kind(rec.headers)
+            if kind == CLOCK_HEADER:
                 parsed = parse_clock(rec.value, rec.key)
                 out.clocks += 1
+            elif kind == ERASE_HEADER:
+                parsed = parse_erase(rec.value, rec.key)
             else:
                 parsed = parse_touchpoint(rec.value, jmap, key=rec.key, max_bytes=max_event_bytes)
             if isinstance(parsed, Rejection):
@@ -166,11 +184,11 @@ def plan_batch(
 
 def _fold_isolating_failures(
     jmap: JourneyMap,
-    accepted: Iterable[tuple[Touchpoint | Clock, SourceRecord]],
+    accepted: Iterable[tuple[Touchpoint | Clock | Erase, SourceRecord]],
     states: dict[str, CustomerState | None],
     dead: list[DeadLetter],
 ) -> dict[str, CustomerFold]:
-    runs: dict[str, list[tuple[Touchpoint | Clock, SourceRecord]]] = {}
+    runs: dict[str, list[tuple[Touchpoint | Clock | Erase, SourceRecord]]] = {}
     for tp, rec in accepted:
         runs.setdefault(tp.customer_id, []).append((tp, rec))
     folds: dict[str, CustomerFold] = {}

@@ -101,19 +101,29 @@ class TouchpointsAgent:
         plan = self.plan(fetch)
         await self.publish(plan)
         await self.store(plan)
-        self.follow_up(plan)
+        erased = self.follow_up(plan)
+        if erased:
+            await self.nudges.forget_in_redis(erased)
         await self.nudges.flush(from_batch=True)
         self.count(plan)
 
-    def follow_up(self, plan: BatchPlan) -> None:
-        """Next deadlines into the index, decided nudges into the outbox."""
+    def follow_up(self, plan: BatchPlan) -> list[str]:
+        """Next deadlines into the index, decided nudges into the outbox; the
+        erased customers' counts and outbox entries go. Returns the erased ids."""
         jmap = self.rt.journey_map
+        erased: list[str] = []
         for u in plan.updates:
             state = u.fold.state
             self.deadlines.set(u.partition, u.customer_id, deadline_of(jmap, state) if state else None)
+            if u.fold.erased:
+                erased.append(u.customer_id)
+                self.nudges.forget(u.customer_id)
+                for stage in u.fold.erased_stages:
+                    self.stages.removed(u.partition, stage)
             for o in u.fold.outputs:
                 if isinstance(o, Nudge):
                     self.nudges.submit(u.partition, o)
+        return erased
 
     async def publish(self, plan: BatchPlan) -> None:
         """Dead letters and transitions, acked. Every record goes to its source
@@ -150,19 +160,24 @@ class TouchpointsAgent:
         fails the worker exits and nothing local is ahead of what a new owner
         would recover."""
         changelog = PartitionBatches(aiokafka_producer(self.rt.app))
-        writes: dict[int, list[tuple[bytes, bytes]]] = {}
+        writes: dict[int, list[tuple[bytes, bytes | None]]] = {}
         changed = plan.changed
+        topic = self.settings.changelog_topic
         for u in changed:
-            assert u.fold.state is not None
-            key, value = u.customer_id.encode(), encode_stored(u.last_offset, u.fold.state)
-            writes.setdefault(u.partition, []).append((key, value))
-            changelog.add(self.settings.changelog_topic, u.partition, key, value)
+            key = u.customer_id.encode()
+            if u.fold.erased:  # the tombstone first: compaction drops the old values
+                writes.setdefault(u.partition, []).append((key, None))
+                changelog.add(topic, u.partition, key, None)
+            if u.fold.state is not None:
+                value = encode_stored(u.last_offset, u.fold.state)
+                writes.setdefault(u.partition, []).append((key, value))
+                changelog.add(topic, u.partition, key, value)
         written = await changelog.send()
         for partition, items in writes.items():
-            self.rt.store.write(partition, items, written.get((self.settings.changelog_topic, partition)))
+            self.rt.store.write(partition, items, written.get((topic, partition)))
         for u in changed:
-            assert u.fold.state is not None
-            self.states.stored(u.partition, u.customer_id.encode(), (u.last_offset, u.fold.state))
+            state = u.fold.state
+            self.states.stored(u.partition, u.customer_id.encode(), (u.last_offset, state) if state else None)
 
     @property
     def _exit_stages(self) -> frozenset[str]:

@@ -186,3 +186,39 @@ def parse_clock(raw: bytes | None, key: bytes | None) -> Clock | Rejection:
     if key is not None and key != cid.encode():
         return Rejection("key_mismatch", "the message key must be the customer_id")
     return Clock(cid, now)
+
+
+# An erasure record: a customer asked to be forgotten (DELETE /customers/{id}).
+# It travels through the touchpoints topic like a clock record, so that the
+# erasure is applied in order with the customer's events.
+ERASE_HEADER: Final = "journey-erase"
+
+
+@dataclass(frozen=True, slots=True)
+class Erase:
+    """Forget one customer: the state goes; later events start a new journey."""
+
+    customer_id: str
+    erasure_id: str
+    at: int  # when it was asked for (epoch ms)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"erase": self.customer_id, "erasure_id": self.erasure_id, "at": self.at})
+
+
+def parse_erase(raw: bytes | None, key: bytes | None) -> Erase | Rejection:
+    """Validate an erasure record (one with the :data:`ERASE_HEADER` header)."""
+    try:
+        obj = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError as exc:
+        return Rejection("not_json", str(exc)[:200])
+    if not isinstance(obj, dict):
+        return Rejection("not_object", "an erasure record must be a JSON object")
+    cid, eid, at = obj.get("erase"), obj.get("erasure_id"), obj.get("at")
+    if not isinstance(cid, str) or not cid or len(cid) > MAX_ID_LEN:
+        return Rejection("bad_field", "erase must be the customer id")
+    if not isinstance(eid, str) or not eid or isinstance(at, bool) or not isinstance(at, int):
+        return Rejection("bad_field", "erasure_id and at are required")
+    if key is not None and key != cid.encode():
+        return Rejection("key_mismatch", "the message key must be the customer_id")
+    return Erase(cid, eid, at)

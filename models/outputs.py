@@ -149,4 +149,22 @@ class NudgeOutcome:
         }
 
 
-Output = StallRecord | Recovered | ChurnRisk | Nudge | NudgeOutcome
+@dataclass(frozen=True, slots=True)
+class Erased:
+    """A customer's state was erased (downstream systems erase theirs)."""
+
+    topic = "erasures_topic"
+    erasure_id: str
+    customer_id: str
+    at: int
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "type": "erased",
+            "erasure_id": self.erasure_id,
+            "customer_id": self.customer_id,
+            "at": ms_to_iso(self.at),
+        }
+
+
+Output = StallRecord | Recovered | ChurnRisk | Nudge | NudgeOutcome | Erased

@@ -29,12 +29,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from models.effects import Extras, on_clock, on_event
-from models.events import Clock, Touchpoint
+from models.events import Clock, Erase, Touchpoint
 from models.journey_map import JourneyMap, Stage
-from models.outputs import Output
+from models.outputs import Erased, Output
 from models.state import DEDUP_WINDOW, CustomerState, Transition
 
-Item = Touchpoint | Clock
+Item = Touchpoint | Clock | Erase
 CLOCK_CHANNEL = "clock"  # the channel of a transition a clock reading caused
 
 
@@ -42,7 +42,7 @@ CLOCK_CHANNEL = "clock"  # the channel of a transition a clock reading caused
 class Step:
     """The result of applying one event."""
 
-    state: CustomerState
+    state: CustomerState | None  # None: erased (or a clock reading for nobody)
     transition: Transition | None = None
     duplicate: bool = False
     outputs: tuple[Output, ...] = ()
@@ -92,8 +92,10 @@ _TABLES: dict[int, tuple[JourneyMap, dict[tuple[str | None, str], Stage | None]]
 
 def apply(jmap: JourneyMap, state: CustomerState | None, ev: Item) -> Step:
     """Apply one event or clock reading to one customer's state (``None``: a new customer)."""
+    if isinstance(ev, Erase):
+        return Step(None, None, outputs=(Erased(ev.erasure_id, ev.customer_id, ev.at),) if state else ())
     if isinstance(ev, Clock):
-        return _apply_clock(jmap, state, ev) if state is not None else Step(state, None)  # type: ignore[arg-type]
+        return _apply_clock(jmap, state, ev) if state is not None else Step(None, None)
     if state is not None and ev.event_id in state.recent_ids:
         return Step(state, None, duplicate=True)
 
@@ -221,6 +223,8 @@ class CustomerFold:
     outputs: list[Output] = field(default_factory=list)
     clocks: int = 0  # clock readings applied
     changed: bool = False  # the state differs from the one folded from
+    erased: bool = False  # an erasure removed the state folded from (a tombstone is due)
+    erased_stages: list[str] = field(default_factory=list)  # the stage each erasure took the customer from
 
 
 # Id look-ups a working state answers by scanning its list before it builds a set.
@@ -254,7 +258,7 @@ class _Working:
         "type_counts",
     )
 
-    def __init__(self, state: CustomerState) -> None:
+    def __init__(self, state: CustomerState, outputs: list[Output] | None = None) -> None:
         self.customer_id = state.customer_id
         self.stage = state.stage
         self.stage_entered_at = state.stage_entered_at
@@ -267,7 +271,7 @@ class _Working:
         self.recent = list(state.recent_ids)
         self.seen: set[str] | None = None
         self.lookups = 0
-        self.extras = Extras(state.stall, state.drift, state.nudges)
+        self.extras = Extras(state.stall, state.drift, state.nudges, outputs if outputs is not None else [])
 
     def duplicate(self, event_id: str) -> bool:
         seen = self.seen
@@ -362,39 +366,47 @@ class _Working:
 
 
 def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterable[Item]) -> CustomerFold:
-    """Apply one customer's events and clock readings in order, collecting
-    transitions, outputs and counts.
+    """Apply one customer's events, clock readings and erasures in order,
+    collecting transitions, outputs and counts.
 
     The same result as :func:`apply` item by item, with one working copy of
     the state for the whole run (see :class:`_Working`).
     """
     out = CustomerFold(state)
+    base = state  # what the run builds on: None for a new customer, and after an erasure
     work: _Working | None = None
-    transitions = out.transitions
+    transitions, outputs = out.transitions, out.outputs
     for ev in events:
+        if isinstance(ev, Erase):
+            if work is not None or base is not None:
+                outputs.append(Erased(ev.erasure_id, ev.customer_id, ev.at))
+                out.erased = out.changed = True
+                out.erased_stages.append(work.stage if work is not None else base.stage)  # type: ignore[union-attr]
+            work = base = out.state = None
+            continue
         if isinstance(ev, Clock):
             if work is None:
-                if state is None:
+                if base is None:
                     continue  # a clock reading for nobody (an erased customer, say)
-                work = _Working(state)
+                work = _Working(base, outputs)
             out.clocks += 1
-            before = len(work.extras.outputs)
+            before = len(outputs)
             t = work.clock(jmap, ev)
             if t is not None:
                 transitions.append(t)
-            if t is not None or len(work.extras.outputs) != before or _extras_moved(work, state):
+            if t is not None or len(outputs) != before or _extras_moved(work, base):
                 out.changed = True
             continue
         if work is None:
-            if state is None:
+            if base is None:
                 step = apply(jmap, None, ev)  # a new customer: the first event makes the state
-                assert step.transition is not None
+                assert step.transition is not None and step.state is not None
                 transitions.append(step.transition)
                 out.applied += 1
-                work = _Working(step.state)
-                work.extras.outputs.extend(step.outputs)
+                outputs.extend(step.outputs)
+                work = _Working(step.state, outputs)
                 continue
-            work = _Working(state)
+            work = _Working(base, outputs)
         if work.duplicate(ev.event_id):
             out.duplicates += 1
             continue
@@ -402,11 +414,9 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
         t = work.apply(jmap, ev)
         if t is not None:
             transitions.append(t)
-    if work is not None:
-        out.outputs = work.extras.outputs
-        if out.applied or out.changed:
-            out.changed = True
-            out.state = work.freeze()
+    if work is not None and (out.applied or out.changed):
+        out.changed = True
+        out.state = work.freeze()
     return out
 
 
@@ -431,6 +441,8 @@ def fold(jmap: JourneyMap, events: Iterable[Item]) -> dict[str, CustomerState]:
         new = apply(jmap, states.get(ev.customer_id), ev).state
         if new is not None:
             states[ev.customer_id] = new
+        elif isinstance(ev, Erase):
+            states.pop(ev.customer_id, None)
     return states
 
 

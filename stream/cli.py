@@ -120,13 +120,15 @@ def worker() -> None:
     from faust.worker import Worker
 
     from agents.touchpoints import attach
-    from stream import web
+    from stream import api, web
     from stream.faust_compat import disable_spinner
     from stream.runtime import build
 
     rt = build(settings)
     attach(rt)
     web.register(rt)
+    api.secure(rt)
+    api.register(rt)
     runner = Worker(rt.app, loglevel=settings.log_level.lower())
     disable_spinner(runner)
     runner.execute_from_commandline()

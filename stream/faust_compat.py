@@ -563,23 +563,34 @@ class TableStore:
                 yield key, value
 
     def write(
-        self, partition: int, items: Sequence[tuple[bytes, bytes]], changelog_offset: int | None
+        self, partition: int, items: Sequence[tuple[bytes, bytes | None]], changelog_offset: int | None
     ) -> None:
-        """Store ``items`` of one partition, then the changelog offset they reached."""
+        """Store ``items`` of one partition in order (a value of None deletes
+        the key: an erasure), then the changelog offset they reached."""
         store = self._store
         if self._rocksdb():
             import rocksdict
 
             batch = rocksdict.WriteBatch(raw_mode=True)
             for key, value in items:
-                batch.put(key, value)
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
             store._db_for_partition(partition).write(batch)
             index = store._key_index
         else:
-            store.data.update(items)
             index = store._key_partition
-        for key, _ in items:
-            index[key] = partition
+            for key, value in items:
+                if value is None:
+                    store.data.pop(key, None)
+                else:
+                    store.data[key] = value
+        for key, value in items:
+            if value is None:
+                index.pop(key, None)
+            else:
+                index[key] = partition
         if changelog_offset is not None:
             store.set_persisted_offset(TP(self._changelog_topic, partition), changelog_offset)
 

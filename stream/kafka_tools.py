@@ -37,6 +37,7 @@ def tracker_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.nudges_topic, n, r),
         TopicSpec(settings.held_out_topic, n, r),
         TopicSpec(settings.outcomes_topic, n, r),
+        TopicSpec(settings.erasures_topic, n, r),
     ]
 
 

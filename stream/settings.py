@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,12 +44,27 @@ class Settings(BaseSettings):
         "nudges-held-out", description="Topic of nudges held back from the holdout group (for lift)"
     )
     outcomes_topic: str = Field("nudge-outcomes", description="Topic of nudge outcome records")
+    erasures_topic: str = Field(
+        "journey-erasures", description="Topic of erased records, for downstream systems to erase theirs"
+    )
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", description="Redis for nudge caps, cooldowns and de-duplication"
     )
     redis_prefix: str = Field("journey:", description="Prefix of every Redis key the tracker writes")
     redis_timeout_s: float = Field(
         0.5, gt=0, description="A Redis call slower than this counts as Redis down (nudges wait and retry)"
+    )
+    api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for every endpoint but /metrics and /health; unset: the API serves on "
+        "127.0.0.1 only",
+    )
+    api_max_events: int = Field(500, ge=1, le=100_000, description="Events one POST /events may carry")
+    api_max_bytes: int = Field(
+        1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Bytes one POST /events body may have"
+    )
+    api_produce_timeout_s: float = Field(
+        10.0, gt=0, description="POST /events answers 503 if the broker has not taken its events by then"
     )
     clock_tick_s: float = Field(
         1.0, gt=0, le=60, description="How often the worker checks stall, inactivity and nudge deadlines"
@@ -136,6 +151,8 @@ class Settings(BaseSettings):
         out: dict[str, str] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             if value is not None:
                 out[self.env_name(name)] = str(value)
         return out

@@ -43,8 +43,8 @@ class StateCache:
         self._put(partition, key, value)
         return value
 
-    def stored(self, partition: int, key: bytes, value: Stored) -> None:
-        """``value`` is now in the store for ``key``."""
+    def stored(self, partition: int, key: bytes, value: Stored | None) -> None:
+        """``value`` is now in the store for ``key`` (None: the key was erased)."""
         self._put(partition, key, value)
 
     def _put(self, partition: int, key: bytes, value: Stored | None) -> None:

@@ -122,6 +122,13 @@ def register(rt: Runtime) -> Watchdog:
             _, state = decode_stored(raw)
             return self.json(state.to_api())
 
+        async def delete(self, request: Request, customer_id: str) -> Response:
+            """Erase the customer (stream.api.erase); any worker takes it."""
+            from stream.api import erase
+
+            status, body, headers = await erase(rt, customer_id)
+            return self.json(body, status=status, headers=headers)
+
     @app.page("/health")
     class HealthView(View):
         """Ready once this worker owns partitions, is not rebalancing, and none is stalled."""

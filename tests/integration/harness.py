@@ -53,6 +53,7 @@ def make_settings(tmp_path: Path, **over: Any) -> Settings:
         "nudges_topic": f"it-{run}-nudges",
         "held_out_topic": f"it-{run}-held-out",
         "outcomes_topic": f"it-{run}-outcomes",
+        "erasures_topic": f"it-{run}-erasures",
         "redis_url": os.environ.get("JOURNEY_TEST_REDIS", "redis://127.0.0.1:6379/0"),
         "redis_prefix": f"it-{run}:",
         "partitions": 4,
@@ -89,11 +90,34 @@ class WorkerProcess:
         return self
 
     def get(self, path: str, timeout: float = 10.0) -> tuple[int, Any]:
+        status, body, _ = self.request("GET", path, timeout=timeout)
+        return status, body
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+        auth: bool = True,
+    ) -> tuple[int, Any, dict[str, str]]:
+        """One HTTP request; the body parsed as JSON when it is. The worker's
+        token is sent unless ``auth`` is False or a header says otherwise."""
+        h = dict(headers or {})
+        token = self.settings.api_token
+        if auth and token is not None and "Authorization" not in h:
+            h["Authorization"] = f"Bearer {token.get_secret_value()}"
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=h)
         try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
-                return resp.status, orjson.loads(resp.read())
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, raw, got = resp.status, resp.read(), dict(resp.headers)
         except urllib.error.HTTPError as err:
-            return err.code, orjson.loads(err.read() or b"null")
+            status, raw, got = err.code, err.read(), dict(err.headers)
+        try:
+            return status, orjson.loads(raw or b"null"), got
+        except orjson.JSONDecodeError:
+            return status, raw, got
 
     def health(self) -> dict[str, Any] | None:
         try:

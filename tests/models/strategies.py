@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from models import Touchpoint, load_map
-from models.events import Clock
+from models.events import Clock, Erase
 
 MAP = load_map()
 TYPES = sorted(MAP.event_types)
@@ -48,14 +48,18 @@ PROPERTIES = st.none() | st.fixed_dictionaries(
 
 
 @st.composite
-def journeys(draw: st.DrawFn, customers: int = 3, max_items: int = 60) -> list[Touchpoint | Clock]:
+def journeys(draw: st.DrawFn, customers: int = 3, max_items: int = 60) -> list[Touchpoint | Clock | Erase]:
     """Events with the worker's clock readings among them, spanning months,
-    so stalls, inactivity, defection and nudge windows all happen."""
+    so stalls, inactivity, defection and nudge windows all happen; now and
+    then a customer is erased."""
     events = draw(touchpoints(customers=customers, max_events=max_items))
-    out: list[Touchpoint | Clock] = []
-    for ev in events:
-        if draw(st.integers(0, 3)) == 0:
+    out: list[Touchpoint | Clock | Erase] = []
+    for n, ev in enumerate(events):
+        roll = draw(st.integers(0, 19))
+        if roll < 5:
             later = draw(st.integers(0, 400 * 86_400_000))
             out.append(Clock(ev.customer_id, ev.ts + later))
+        elif roll == 5:
+            out.append(Erase(ev.customer_id, f"x{n}", ev.ts))
         out.append(ev)
     return out

@@ -17,8 +17,8 @@ from models import (
     fold_batch,
     fold_customer,
 )
-from models.events import Clock
-from models.outputs import Nudge, NudgeOutcome, Recovered, StallRecord
+from models.events import Clock, Erase
+from models.outputs import Erased, Nudge, NudgeOutcome, Recovered, StallRecord
 from models.state import DEDUP_WINDOW
 from tests.models.strategies import MAP, T0, TYPES, journeys, touchpoints
 
@@ -133,7 +133,9 @@ def test_redelivery_changes_nothing(events: list[Touchpoint]) -> None:
 
 
 @given(journeys(), st.lists(st.integers(1, 20), min_size=1, max_size=10))
-def test_any_batching_equals_the_plain_fold(events: list[Touchpoint | Clock], sizes: list[int]) -> None:
+def test_any_batching_equals_the_plain_fold(
+    events: list[Touchpoint | Clock | Erase], sizes: list[int]
+) -> None:
     """The worker's per-batch, per-customer folding ends where the plain fold
     does, clock readings included, and says the same things on the way."""
     states: dict[str, CustomerState | None] = {}
@@ -147,6 +149,8 @@ def test_any_batching_equals_the_plain_fold(events: list[Touchpoint | Clock], si
         for cid, out in fold_batch(MAP, states, batch).items():
             if out.state is not None:
                 states[cid] = out.state
+            elif out.erased:
+                states.pop(cid, None)  # the worker writes a tombstone
             said.setdefault(cid, []).extend([*out.transitions, *out.outputs])
     assert states == fold(MAP, events)
     plain: dict[str, CustomerState | None] = {}
@@ -163,7 +167,7 @@ def test_any_batching_equals_the_plain_fold(events: list[Touchpoint | Clock], si
 
 
 @given(journeys())
-def test_a_clock_reading_applied_twice_changes_nothing_more(events: list[Touchpoint | Clock]) -> None:
+def test_a_clock_reading_applied_twice_changes_nothing_more(events: list[Touchpoint | Clock | Erase]) -> None:
     state: CustomerState | None = None
     for ev in events:
         if ev.customer_id != "c0":
@@ -176,7 +180,7 @@ def test_a_clock_reading_applied_twice_changes_nothing_more(events: list[Touchpo
 
 
 @given(journeys())
-def test_stalls_recoveries_and_nudges_pair_up(events: list[Touchpoint | Clock]) -> None:
+def test_stalls_recoveries_and_nudges_pair_up(events: list[Touchpoint | Clock | Erase]) -> None:
     """One stall record per episode, a recovery only for an open episode, one
     nudge per id, and an outcome only for a nudge decided before."""
     for cid in {e.customer_id for e in events}:
@@ -200,6 +204,8 @@ def test_stalls_recoveries_and_nudges_pair_up(events: list[Touchpoint | Clock]) 
             elif isinstance(o, NudgeOutcome):
                 assert o.nudge_id in nudges and o.nudge_id not in outcomes
                 outcomes.add(o.nudge_id)
+            elif isinstance(o, Erased):
+                open_episode = None  # the episode went with the state
         state = out.state
         assert (state is None and open_episode is None) or (
             (state.stall.episode_id if state and state.stall else None) == open_episode
@@ -208,15 +214,18 @@ def test_stalls_recoveries_and_nudges_pair_up(events: list[Touchpoint | Clock]) 
 
 @given(journeys())
 def test_transitions_chain_and_move_only_forward_unless_exit_or_move(
-    events: list[Touchpoint | Clock],
+    events: list[Touchpoint | Clock | Erase],
 ) -> None:
-    by_customer: dict[str, list[Touchpoint | Clock]] = {}
+    by_customer: dict[str, list[Touchpoint | Clock | Erase]] = {}
     for ev in events:
         by_customer.setdefault(ev.customer_id, []).append(ev)
     final = fold(MAP, events)
     for cid, evs in by_customer.items():
         out = fold_customer(MAP, None, evs)
-        assert out.state == final[cid]
+        assert out.state == final.get(cid)
+        if any(isinstance(e, Erase) for e in evs):
+            continue  # a new journey after an erasure; the erasure properties cover it
+        assert out.state is not None
         prev: str | None = None
         for t in out.transitions:
             assert t.from_stage == prev
@@ -270,6 +279,20 @@ def test_the_batch_fold_equals_applying_one_by_one_past_the_dedup_window(
 
 @settings(max_examples=200)
 @given(journeys())
-def test_state_encoding_roundtrips(events: list[Touchpoint | Clock]) -> None:
+def test_state_encoding_roundtrips(events: list[Touchpoint | Clock | Erase]) -> None:
     for state in fold(MAP, events).values():
         assert decode_state(encode_state(state)) == state
+
+
+@given(journeys())
+def test_an_erasure_forgets_everything_before_it(events: list[Touchpoint | Clock | Erase]) -> None:
+    """After an erasure the customer is what the events after it make, alone."""
+    for cid in {e.customer_id for e in events}:
+        mine = [e for e in events if e.customer_id == cid]
+        last = max((i for i, e in enumerate(mine) if isinstance(e, Erase)), default=None)
+        if last is None:
+            continue
+        after = [e for e in mine[last + 1 :]]
+        assert fold(MAP, mine).get(cid) == fold(MAP, after).get(cid)
+        out = fold_customer(MAP, None, mine)
+        assert out.state == fold(MAP, after).get(cid)

@@ -1,0 +1,200 @@
+"""The OpenAPI 3.1 document of the worker's HTTP API, served at ``/openapi.json``.
+
+Enumerations (event types, channels, stages, rejection reasons) and limits
+come from the journey map and the settings, so the document says what this
+worker accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.events import REASONS
+from models.journey_map import JourneyMap
+from stream.settings import Settings
+
+JSON = "application/json"
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
+    error = _ref("Error")
+    touchpoint = {
+        "type": "object",
+        "required": ["event_id", "customer_id", "type", "channel", "timestamp"],
+        "properties": {
+            "event_id": {"type": "string", "minLength": 1, "maxLength": 128},
+            "customer_id": {"type": "string", "minLength": 1, "maxLength": 128},
+            "type": {"type": "string", "enum": sorted(jmap.event_types)},
+            "channel": {"type": "string", "enum": sorted(jmap.channels)},
+            "timestamp": {
+                "oneOf": [
+                    {"type": "string", "description": "ISO-8601 with a zone"},
+                    {"type": "integer", "minimum": 0, "description": "epoch milliseconds"},
+                ]
+            },
+            "properties": {"type": "object", "description": "free-form; drift signals read some keys"},
+        },
+    }
+    result = {
+        "type": "object",
+        "required": ["index", "status"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0},
+            "status": {"type": "string", "enum": ["accepted", "rejected"]},
+            "event_id": {"type": "string"},
+            "reason": {"type": "string", "enum": list(REASONS)},
+            "detail": {"type": "string"},
+        },
+    }
+    events_answer = {
+        "type": "object",
+        "required": ["accepted", "rejected", "results"],
+        "properties": {
+            "accepted": {"type": "integer", "minimum": 0},
+            "rejected": {"type": "integer", "minimum": 0},
+            "results": {"type": "array", "items": _ref("EventResult")},
+        },
+    }
+    customer = {
+        "type": "object",
+        "required": ["customer_id", "stage", "stages", "events"],
+        "properties": {
+            "customer_id": {"type": "string"},
+            "stage": {"type": "string", "enum": list(jmap.stage_names)},
+            "stage_entered_at": {"type": "string", "format": "date-time"},
+            "stages": {"type": "array", "items": {"type": "object"}},
+            "first_touch_channel": {"type": "string"},
+            "first_touch_at": {"type": "string", "format": "date-time"},
+            "last_event_at": {"type": "string", "format": "date-time"},
+            "events": {"type": "integer", "minimum": 0},
+            "event_counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "stall": {"type": ["object", "null"]},
+            "drift": {"type": ["object", "null"]},
+            "nudges": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}] if settings.api_token is not None else []
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Customer journey tracker",
+            "version": "1",
+            "description": "Touchpoints in, journeys out. See README.md 'Worker API'.",
+        },
+        "servers": [{"url": "/"}],
+        "security": bearer,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Touchpoint": touchpoint,
+                "EventResult": result,
+                "EventsAnswer": events_answer,
+                "Customer": customer,
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+                },
+            },
+        },
+        "paths": {
+            "/events": {
+                "post": {
+                    "summary": "Send touchpoints (one, or an array)",
+                    "description": (
+                        f"At most {settings.api_max_events} events and {settings.api_max_bytes} bytes. "
+                        "Each is checked as on the Kafka path; accepted ones are in the touchpoints "
+                        "topic when the answer comes."
+                    ),
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "oneOf": [
+                                        _ref("Touchpoint"),
+                                        {"type": "array", "items": _ref("Touchpoint")},
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(
+                            _ref("EventsAnswer"), "per event: accepted, or rejected with its reason"
+                        ),
+                        "400": _json(error, "the body is not JSON"),
+                        "401": _json(error, "a bearer token is required"),
+                        "413": _json(error, "too many events or too many bytes"),
+                        "503": _json(error, "the broker did not take the events; retry after Retry-After"),
+                    },
+                }
+            },
+            "/customers/{customer_id}": {
+                "parameters": [
+                    {"name": "customer_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "get": {
+                    "summary": "One customer's journey, from whichever worker owns it",
+                    "responses": {
+                        "200": _json(_ref("Customer"), "the customer"),
+                        "401": _json(error, "a bearer token is required"),
+                        "404": _json(error, "never seen"),
+                    },
+                },
+                "delete": {
+                    "summary": "Erase the customer (README 'Erasure' says what is and is not erased)",
+                    "responses": {
+                        "202": _json(
+                            {
+                                "type": "object",
+                                "required": ["erasure_id", "customer_id", "status"],
+                                "properties": {
+                                    "erasure_id": {"type": "string"},
+                                    "customer_id": {"type": "string"},
+                                    "status": {"type": "string", "enum": ["accepted"]},
+                                },
+                            },
+                            "accepted: applied in order with the customer's events; GET answers 404 once done",
+                        ),
+                        "400": _json(error, "not a customer id"),
+                        "401": _json(error, "a bearer token is required"),
+                        "503": _json(error, "the broker did not take the erasure; retry after Retry-After"),
+                    },
+                },
+            },
+            "/health": {
+                "get": {
+                    "summary": "Readiness, partitions, progress (no token needed)",
+                    "security": [],
+                    "responses": {
+                        "200": _json({"type": "object"}, "ready"),
+                        "503": _json({"type": "object"}, "not ready, with the problems"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (no token needed)",
+                    "security": [],
+                    "responses": {
+                        "200": {"description": "Prometheus text format", "content": {"text/plain": {}}}
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": _json({"type": "object"}, "the OpenAPI document")},
+                }
+            },
+        },
+    }

@@ -1,0 +1,92 @@
+"""DELETE /customers/{id}: no trace left in the table (after a restart too),
+in Redis, or in the live counts; later events start a new journey."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import redis
+
+from models.events import Touchpoint
+from stream.kafka_tools import ensure_topics, read_topic, tracker_topics
+from stream.simulator import SimMessage
+from tests.integration.harness import (
+    WorkerProcess,
+    make_settings,
+    send_messages,
+    topic_records,
+    wait_for,
+    wait_processed,
+    worker_metric,
+)
+
+DEMO_MAP = Path(__file__).resolve().parents[2] / "deploy" / "local" / "demo-map.yaml"
+
+
+def msg(cid: str, eid: str, etype: str, ago_s: float) -> SimMessage:
+    ev = Touchpoint(eid, cid, etype, "web", int(time.time() * 1000 - ago_s * 1000))
+    return SimMessage(cid.encode(), ev.to_json())
+
+
+def test_erasure_leaves_no_trace_and_a_new_journey_can_start(
+    spawn: list[WorkerProcess], tmp_path: Path
+) -> None:
+    s = make_settings(tmp_path, partitions=4, map_path=DEMO_MAP, store="rocksdb://")
+    ensure_topics(s, tracker_topics(s))
+    a = WorkerProcess(s, tmp_path / "worker-a.log").start()
+    b = WorkerProcess(s, tmp_path / "worker-b.log").start()
+    spawn += [a, b]
+    a.wait_ready()
+    b.wait_ready()
+    gone, kept = "erase-me", "keep-me"
+    # An abandoned cart each: stalls and cart reminders put keys in Redis.
+    send_messages(
+        s,
+        [
+            msg(c, f"{c}-{i}", t, ago)
+            for c in (gone, kept)
+            for i, (t, ago) in enumerate([("page_view", 60), ("add_to_cart", 50)])
+        ],
+    )
+    r = redis.Redis.from_url(s.redis_url)
+    wait_for("the reminders' keys in Redis", lambda: r.keys(f"{s.redis_prefix}{{{gone}}}:*"), timeout=60)
+    wait_processed(s, [a, b])
+
+    def total(stage: str) -> float:
+        return sum(worker_metric(w, "journey_customers", stage=stage) for w in (a, b))
+
+    assert total("cart") == 2
+    status, body = a.request("DELETE", f"/customers/{gone}")[:2]
+    assert status == 202 and body["customer_id"] == gone and body["status"] == "accepted"
+
+    wait_for(
+        "the erasure", lambda: a.get(f"/customers/{gone}")[0] == 404 and b.get(f"/customers/{gone}")[0] == 404
+    )
+    assert a.get(f"/customers/{kept}")[0] == 200
+    # The changelog's last word on the customer is a tombstone.
+    last = [rec for rec in read_topic(s, s.changelog_topic) if rec.key == gone.encode()][-1]
+    assert last.value is None
+    # Redis: none of the customer's keys; the other customer's stay.
+    wait_for("the Redis keys to go", lambda: not r.keys(f"{s.redis_prefix}{{{gone}}}:*"))
+    assert r.keys(f"{s.redis_prefix}{{{kept}}}:*")
+    # Live counts: the customer is no longer counted.
+    assert total("cart") == 1
+    erased = topic_records(s, s.erasures_topic)
+    assert [(e["type"], e["customer_id"], e["erasure_id"]) for e in erased] == [
+        ("erased", gone, body["erasure_id"])
+    ]
+
+    # After a restart of both workers the customer is still gone.
+    a.stop()
+    b.stop()
+    c = WorkerProcess(s, tmp_path / "worker-c.log", data_dir=s.data_dir / "worker-a").start()
+    spawn.append(c)
+    c.wait_ready()
+    assert c.get(f"/customers/{gone}")[0] == 404
+    assert c.get(f"/customers/{kept}")[0] == 200
+
+    # A later event for the same id starts a new journey.
+    send_messages(s, [msg(gone, f"{gone}-0", "page_view", 1)])  # even an id seen before
+    status, again = wait_for("the new journey", lambda: (g := c.get(f"/customers/{gone}"))[0] == 200 and g)
+    assert again["events"] == 1 and again["stage"] == "awareness" and len(again["stages"]) == 1
