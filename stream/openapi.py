@@ -163,7 +163,7 @@ def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
                                     "status": {"type": "string", "enum": ["accepted"]},
                                 },
                             },
-                            "accepted: applied in order with the customer's events; GET answers 404 once done",
+                            "accepted: applied in order with the customer's events; then GET is 404",
                         ),
                         "400": _json(error, "not a customer id"),
                         "401": _json(error, "a bearer token is required"),
