@@ -169,6 +169,13 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
                     generation = self.app.consumer_generation_id
                     epochs = dict(route.epochs)
                     records, active = await self._wait_next_records(1.0)
+                    # Other topics (changelogs) keep Faust's rule: the generation
+                    # read after the fetch. The fetch often waits out a whole
+                    # rebalance (flow stopped), then brings the changelog records
+                    # recovery has just sought to: dropping them under the older
+                    # generation leaves recovery waiting for records that the
+                    # consumer's position has already passed, for ever.
+                    fetched_generation = self.app.consumer_generation_id
                     if not records or self.should_stop:
                         await asyncio.sleep(0)
                         continue
@@ -187,7 +194,7 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
                             check_order(topic, tp.partition, recs)
                             ours[tp.partition] = recs
                         else:
-                            await self._deliver_one_by_one(tp, recs, generation)
+                            await self._deliver_one_by_one(tp, recs, fetched_generation)
                     if not ours:
                         continue
                     why = self._overtaken(generation, epochs, ours)
@@ -508,6 +515,13 @@ def active_partitions(app: faust.App, topic: str) -> list[int]:
     return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
 
 
+def peer_urls(app: faust.App) -> list[str]:
+    """The web URLs of every worker in the group (this one included), from the
+    assignor's view of who holds which table partitions."""
+    urls = {str(u).rstrip("/") for u in app.assignor.tables_metadata()}
+    return sorted(urls)
+
+
 def aiokafka_producer(app: faust.App) -> AIOKafkaProducer:
     """The started aiokafka producer under Faust's producer service."""
     producer: AIOKafkaProducer = app.producer._ensure_producer()  # type: ignore[attr-defined]
@@ -605,4 +619,5 @@ __all__ = [
     "check_faust_version",
     "disable_spinner",
     "install_batch_path",
+    "peer_urls",
 ]

@@ -312,6 +312,47 @@ def test_a_fetch_that_a_rebalance_overtook_is_dropped_and_the_consumer_seeks_bac
     # Without the check the stale p1 records would have set a position of 502.
 
 
+class FakeDeliverBase(FakeDrainBase):
+    """Faust's per-message path for other topics (changelogs), recorded."""
+
+    def __init__(self, steps: list[Any], route: BatchRoute) -> None:
+        super().__init__(steps, route)
+        self.app.topics = SimpleNamespace(acks_enabled_for=lambda topic: False)
+        self._read_offset: dict[TP, int | None] = defaultdict(lambda: None)
+        self.suspend_flow = asyncio.Event()
+        self.delivered: list[tuple[str, int, int]] = []
+
+    def _to_message(self, tp: TP, rec: Any) -> Any:
+        return SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=rec.offset)
+
+    async def callback(self, message: Any) -> None:
+        self.delivered.append((message.topic, message.partition, message.offset))
+
+    async def wait_first(self, *coros: Any) -> None:
+        await coros[0]
+        coros[1].close()
+
+
+def test_changelog_records_fetched_after_a_rebalance_reach_recovery() -> None:
+    """The fetch waits out a rebalance (flow stopped), then brings the changelog
+    records recovery sought to: they are delivered, as Faust delivers them.
+    Dropped, recovery waits for ever for records the position has passed."""
+
+    def rebalance_then_changelog(c: Any) -> dict[TP, list[Any]]:
+        c.app.consumer_generation_id = 2  # assigned while the fetch waited for the flow
+        return {TP("changelog", 3): recs(0, 1, 2)}
+
+    def more_changelog(c: Any) -> dict[TP, list[Any]]:
+        return {TP("changelog", 3): recs(3)}
+
+    route = route_with(lambda f: asyncio.sleep(0))
+    c = batch_consumer_class(FakeDeliverBase, route)(  # type: ignore[arg-type]
+        [rebalance_then_changelog, more_changelog], route
+    )
+    asyncio.run(c._drain_messages(SimpleNamespace(_stopped=asyncio.Event())))
+    assert c.delivered == [("changelog", 3, 0), ("changelog", 3, 1), ("changelog", 3, 2), ("changelog", 3, 3)]
+
+
 def test_a_fetch_carries_the_revocations_seen_before_it_was_asked_for() -> None:
     def plain(c: Any) -> dict[TP, list[Any]]:
         return {TP("t", 0): recs(4)}
