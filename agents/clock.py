@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 
 from agents.nudges import NudgeDispatcher
@@ -92,14 +91,14 @@ def partition_scan(
     def load(partition: int) -> list[tuple[str, int | None]]:
         started, now = time.monotonic(), clock()
         out: list[tuple[str, int | None]] = []
-        counts: Counter[str] = Counter()
+        states = []
         for _, raw in rt.store.scan(partition):
             _, state = decode_stored(raw)
             out.append((state.customer_id, deadline_of(jmap, state)))
-            counts[state.stage] += 1
+            states.append(state)
             if state.nudges:
                 dispatcher.resubmit_open(partition, state, now)
-        stages.set_partition(partition, counts)
+        stages.set_partition(partition, states)
         log.info(
             "deadline index for partition %d: %d customers scanned in %.2f s",
             partition,

@@ -97,6 +97,7 @@ class CustomerUpdate:
     partition: int
     fold: CustomerFold
     last_offset: int  # source offset of the customer's last event in the batch
+    before: CustomerState | None = None  # the stored state the batch folded from
 
 
 @dataclass(slots=True)
@@ -178,7 +179,10 @@ def plan_batch(
     except Exception:
         log.exception("the journey core raised; isolating the failing customers")
         folds = _fold_isolating_failures(jmap, accepted, states, dead)
-    out.updates = [CustomerUpdate(cid, where[cid][0], fold, where[cid][1]) for cid, fold in folds.items()]
+    out.updates = [
+        CustomerUpdate(cid, where[cid][0], fold, where[cid][1], states.get(cid))
+        for cid, fold in folds.items()
+    ]
     return out
 
 

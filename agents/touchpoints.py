@@ -10,8 +10,10 @@ Faust's consumer hands every fetch of the touchpoints topic to
    wait for the broker's acks.
 3. Write each changed customer once: the changelog first, acked, then the
    local store with the changelog offset reached.
-4. Put each customer's next deadline in the deadline index, and the nudges
-   decided in the outbox (``agents.nudges``; sent now if Redis answers).
+4. Put each customer's next deadline in the deadline index, the nudges
+   decided in the outbox (``agents.nudges``; sent now if Redis answers), and
+   each changed customer in the serving view's pending map
+   (``stream.serving_view``: written by its own task, never waited for).
 5. Count it.
 
 Only after all of that does the consumer move the partition's commit
@@ -29,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import orjson
 
@@ -38,12 +40,14 @@ from agents.nudges import NudgeDispatcher
 from agents.plan import BatchPlan, plan_batch
 from models.effects import deadline_of
 from models.outputs import ChurnRisk, Nudge, StallRecord
+from models.state import CustomerState
 from stream.batching import PartitionBatches
-from stream.codec import encode_stored
+from stream.codec import decode_stored, encode_stored
 from stream.deadlines import DeadlineIndex
 from stream.faust_compat import BatchRoute, Fetch, aiokafka_producer, install_batch_path
 from stream.nudge_gate import NudgeGate
 from stream.runtime import Runtime
+from stream.serving_view import ServingView
 from stream.state_cache import StateCache
 
 log = logging.getLogger(__name__)
@@ -82,11 +86,41 @@ class TouchpointsAgent:
         self.deadlines = DeadlineIndex(partition_scan(rt, self.nudges, self.stages, clock))
         rt.lifecycle.add_listener(self.deadlines)
         self.ticker = ClockTicker(rt, self.deadlines, self.nudges, clock)
+        self.view = self._serving_view() if s.view_ttl_s > 0 else None
         rt.health["nudges"] = lambda: {
             "redis": "up" if self.nudges.gate_up else "down",
             "waiting": len(self.nudges),
             "deadlines_indexed": len(self.deadlines),
         }
+
+    def _serving_view(self) -> ServingView:
+        rt, s, m = self.rt, self.settings, self.rt.metrics
+
+        def scan(partition: int) -> Iterator[tuple[int, CustomerState]]:
+            for _, raw in rt.store.scan(partition):
+                yield decode_stored(raw)
+
+        view = ServingView(
+            s.redis_url,
+            s.view_prefix,
+            s.view_ttl_s,
+            s.redis_timeout_s,
+            max_pending=s.view_max_pending,
+            retry_s=s.view_retry_s,
+            clock=self.clock,
+            scan=scan,
+            on_written=m.view_writes.inc,
+            on_state=lambda up: m.view_up.set(int(up)),
+        )
+        m.view_up.set(1)
+        m.view_pending.set_function(lambda: len(view))
+        rt.lifecycle.add_listener(view)
+        rt.health["view"] = lambda: {
+            "redis": "up" if view.up else "down",
+            "pending": len(view),
+            "rewriting_partitions": sorted(view.resync),
+        }
+        return view
 
     def plan(self, fetch: Fetch) -> BatchPlan:
         return plan_batch(
@@ -105,6 +139,8 @@ class TouchpointsAgent:
         if erased:
             await self.nudges.forget_in_redis(erased)
         await self.nudges.flush(from_batch=True)
+        if self.view is not None:
+            self.view.kick()
         self.count(plan)
 
     def follow_up(self, plan: BatchPlan) -> list[str]:
@@ -115,11 +151,13 @@ class TouchpointsAgent:
         for u in plan.updates:
             state = u.fold.state
             self.deadlines.set(u.partition, u.customer_id, deadline_of(jmap, state) if state else None)
+            if u.fold.changed:
+                self.stages.update(u.partition, u.before, state)
+                if self.view is not None:
+                    self.view.put(u.partition, u.customer_id, u.last_offset, state)
             if u.fold.erased:
                 erased.append(u.customer_id)
                 self.nudges.forget(u.customer_id)
-                for stage in u.fold.erased_stages:
-                    self.stages.removed(u.partition, stage)
             for o in u.fold.outputs:
                 if isinstance(o, Nudge):
                     self.nudges.submit(u.partition, o)
@@ -193,13 +231,11 @@ class TouchpointsAgent:
         applied = duplicates = 0
         exits = self._exit_stages
         by_name = self.rt.journey_map.stage_by_name
-        stages = self.stages
         for u in plan.updates:
             applied += u.fold.applied
             duplicates += u.fold.duplicates
             for t in u.fold.transitions:
                 m.transitions.labels(t.from_stage or "none", t.to_stage).inc()
-                stages.moved(u.partition, t.from_stage, t.to_stage)
                 if t.from_stage is None:
                     continue
                 if t.from_stage in exits and t.to_stage not in exits:
@@ -241,6 +277,8 @@ def attach(
             await agent.ticker.tick()
         except Exception:
             log.exception("clock tick failed; the next tick tries again")
+        if agent.view is not None:
+            agent.view.kick()  # retries while Redis is down
 
     rt.app.timer(rt.settings.clock_tick_s, name="journey.clock")(clock_tick)
     return agent

@@ -224,7 +224,6 @@ class CustomerFold:
     clocks: int = 0  # clock readings applied
     changed: bool = False  # the state differs from the one folded from
     erased: bool = False  # an erasure removed the state folded from (a tombstone is due)
-    erased_stages: list[str] = field(default_factory=list)  # the stage each erasure took the customer from
 
 
 # Id look-ups a working state answers by scanning its list before it builds a set.
@@ -381,7 +380,6 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
             if work is not None or base is not None:
                 outputs.append(Erased(ev.erasure_id, ev.customer_id, ev.at))
                 out.erased = out.changed = True
-                out.erased_stages.append(work.stage if work is not None else base.stage)  # type: ignore[union-attr]
             work = base = out.state = None
             continue
         if isinstance(ev, Clock):

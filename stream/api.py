@@ -23,6 +23,8 @@ import hmac
 import logging
 import time
 import uuid
+from collections import Counter
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -37,7 +39,8 @@ from stream.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/metrics", "/health"})
+# /map is a static page; it asks for the token to read /funnel (see the page).
+OPEN_PATHS = frozenset({"/metrics", "/health", "/map"})
 ERASE_HEADERS = ((ERASE_HEADER, b"1"),)
 RETRY_AFTER_S = 5
 
@@ -78,7 +81,7 @@ def secure(rt: Runtime) -> None:
     token = settings.api_token.get_secret_value() if settings.api_token is not None else None
     if token:
         rt.app.web.web_app.middlewares.append(token_middleware(token))  # type: ignore[attr-defined]
-        log.info("API: bearer token required on every endpoint but /metrics and /health")
+        log.info("API: bearer token required on every endpoint but /metrics, /health and the /map page")
         return
     if settings.web_bind != "127.0.0.1":
         log.warning(
@@ -160,6 +163,32 @@ def register(rt: Runtime) -> None:
                 {"accepted": accepted, "rejected": len(results) - accepted, "results": results}, status=200
             )
 
+    @app.page("/funnel/local")
+    class LocalFunnelView(View):
+        """This worker's share of the funnel (its partitions, its histograms)."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json(local_funnel(rt))
+
+    @app.page("/funnel")
+    class FunnelView(View):
+        """The funnel over all workers."""
+
+        async def get(self, request: Request) -> Response:
+            auth = request.headers.get("Authorization")
+            parts, missing = await gather_funnel(rt, auth)
+            body = funnel(rt, parts)
+            body["workers"] = {"answered": len(parts), "missing": missing}
+            return self.json(body, status=200 if not missing else 206)
+
+    @app.page("/map")
+    class MapView(View):
+        """The live journey map: one HTML page, no build step (stream/static/map.html)."""
+
+        async def get(self, request: Request) -> Response:
+            html = resources.files("stream").joinpath("static/map.html").read_bytes()
+            return self.bytes(html, content_type="text/html")
+
     @app.page("/openapi.json")
     class OpenAPIView(View):
         """The OpenAPI 3.1 document of this API."""
@@ -205,3 +234,113 @@ async def erase(rt: Runtime, customer_id: str) -> tuple[int, dict[str, Any], dic
         )
     log.info("erasure %s of a customer accepted", erasure.erasure_id)
     return 202, {"erasure_id": erasure.erasure_id, "customer_id": customer_id, "status": "accepted"}, {}
+
+
+def local_funnel(rt: Runtime) -> dict[str, Any]:
+    """This worker's figures: counts from its partitions, time-in-stage buckets from its histogram."""
+    buckets: dict[str, dict[str, float]] = {}
+    for metric in rt.metrics.stage_duration.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_bucket"):
+                buckets.setdefault(sample.labels["stage"], {})[sample.labels["le"]] = sample.value
+    return {"figures": rt.stage_counts.totals().to_dict(), "stage_duration_buckets": buckets}
+
+
+async def gather_funnel(rt: Runtime, auth: str | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every worker's ``/funnel/local`` (this one's without a request)."""
+    import aiohttp
+
+    from stream.faust_compat import peer_urls
+
+    own = f"http://{rt.settings.web_host or 'localhost'}:{rt.settings.web_port}"
+    parts = [local_funnel(rt)]
+    missing: list[str] = []
+    headers = {"Authorization": auth} if auth else {}
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for url in peer_urls(rt.app):
+            if url == own:
+                continue
+            try:
+                async with session.get(f"{url}/funnel/local", headers=headers) as resp:
+                    if resp.status != 200:
+                        raise RuntimeError(f"status {resp.status}")
+                    parts.append(await resp.json())
+            except Exception as exc:
+                log.warning("GET /funnel: worker %s did not answer: %r", url, exc)
+                missing.append(url)
+    return parts, missing
+
+
+def _median(buckets: dict[str, float]) -> float | None:
+    """The median from cumulative histogram buckets (linear within a bucket, as Prometheus does)."""
+    bounds = sorted((float(le), n) for le, n in buckets.items())
+    total = bounds[-1][1] if bounds else 0
+    if not total:
+        return None
+    half, prev_le, prev_n = total / 2, 0.0, 0.0
+    for le, n in bounds:
+        if n >= half:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (half - prev_n) / max(n - prev_n, 1e-9)
+        prev_le, prev_n = le, n
+    return None
+
+
+def funnel(rt: Runtime, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The funnel from every worker's figures: live counts per stage,
+    conversion between consecutive stages (customers who reached both over
+    those who reached the first), median time in stage, the bottleneck."""
+    from stream.stage_counts import Figures
+
+    total = Figures()
+    buckets: dict[str, dict[str, float]] = {}
+    for part in parts:
+        total.add(Figures.from_dict(part["figures"]))
+        for stage, bs in part.get("stage_duration_buckets", {}).items():
+            mine = buckets.setdefault(stage, {})
+            for le, n in bs.items():
+                mine[le] = mine.get(le, 0.0) + n
+
+    def top(counter: Counter[str], stage: str, n: int = 3) -> list[dict[str, Any]]:
+        mine = [(k.split("|", 1)[1], v) for k, v in counter.items() if k.startswith(f"{stage}|") and v > 0]
+        return [{"name": k, "count": int(v)} for k, v in sorted(mine, key=lambda kv: (-kv[1], kv[0]))[:n]]
+
+    stages = [
+        {
+            "stage": s.name,
+            "customers": int(total.customers.get(s.name, 0)),
+            "reached": int(total.reached.get(s.name, 0)),
+            "stalled": int(total.stalled.get(s.name, 0)),
+            "median_seconds_in_stage": _median(buckets.get(s.name, {})),
+            "top_touchpoints": top(total.touchpoints, s.name),
+            "top_channels": top(total.channels, s.name),
+            "mean_drift_score": (
+                round(total.score_sum[s.name] / 1000 / total.scored[s.name], 3)
+                if total.scored.get(s.name)
+                else None
+            ),
+        }
+        for s in rt.journey_map.stages
+    ]
+    conversion: list[dict[str, Any]] = []
+    for a, b in rt.stage_counts.pairs:
+        reached, both = int(total.reached.get(a, 0)), int(total.pairs.get(f"{a}>{b}", 0))
+        conversion.append(
+            {
+                "from": a,
+                "to": b,
+                "reached_from": reached,
+                "reached_both": both,
+                "ratio": both / reached if reached else None,
+            }
+        )
+    scored = [c for c in conversion if c["ratio"] is not None]
+    bottleneck = min(scored, key=lambda c: c["ratio"]) if scored else None
+    return {
+        "customers": sum(total.customers.values()),
+        "stages": stages,
+        "conversion": conversion,
+        "bottleneck": bottleneck,
+    }

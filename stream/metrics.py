@@ -87,6 +87,9 @@ class TrackerMetrics:
     win_backs: Counter
     clock_readings: Counter
     nudge_gate_up: Gauge
+    view_writes: Counter
+    view_pending: Gauge
+    view_up: Gauge
     conversions: Counter
     stage_duration: Histogram
     event_lag: Histogram
@@ -181,6 +184,21 @@ class TrackerMetrics:
             nudge_gate_up=Gauge(
                 f"{prefix}_nudge_gate_up",
                 "1 while Redis (nudge caps and de-duplication) answers; 0 while nudges wait for it",
+                registry=registry,
+            ),
+            view_writes=Counter(
+                f"{prefix}_view_writes",
+                "Customers written to (or erased from) the Redis serving view",
+                registry=registry,
+            ),
+            view_pending=Gauge(
+                f"{prefix}_view_pending",
+                "Customers whose latest state waits to be written to the Redis serving view",
+                registry=registry,
+            ),
+            view_up=Gauge(
+                f"{prefix}_view_up",
+                "1 while Redis takes the serving view's writes; 0 while they wait for it",
                 registry=registry,
             ),
         )

@@ -81,6 +81,62 @@ def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
             "nudges": {"type": "array", "items": {"type": "object"}},
         },
     }
+    named_count = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "count": {"type": "integer"}},
+        },
+    }
+    conversion = {
+        "type": "object",
+        "required": ["from", "to", "reached_from", "reached_both", "ratio"],
+        "properties": {
+            "from": {"type": "string", "enum": list(jmap.stage_names)},
+            "to": {"type": "string", "enum": list(jmap.stage_names)},
+            "reached_from": {"type": "integer", "description": "customers who reached 'from'"},
+            "reached_both": {
+                "type": "integer",
+                "description": "of those, customers who reached 'to' or a later stage (skipping converts)",
+            },
+            "ratio": {"type": ["number", "null"], "description": "reached_both / reached_from"},
+        },
+    }
+    funnel_answer = {
+        "type": "object",
+        "required": ["customers", "stages", "conversion", "bottleneck", "workers"],
+        "properties": {
+            "customers": {"type": "integer"},
+            "stages": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "stage": {"type": "string", "enum": list(jmap.stage_names)},
+                        "customers": {"type": "integer", "description": "customers in the stage now"},
+                        "reached": {"type": "integer", "description": "customers who ever reached it"},
+                        "stalled": {"type": "integer", "description": "open stalls in the stage"},
+                        "median_seconds_in_stage": {
+                            "type": ["number", "null"],
+                            "description": "from the time-in-stage histogram of every worker",
+                        },
+                        "top_touchpoints": named_count,
+                        "top_channels": named_count,
+                        "mean_drift_score": {"type": ["number", "null"]},
+                    },
+                },
+            },
+            "conversion": {"type": "array", "items": _ref("Conversion")},
+            "bottleneck": {"oneOf": [_ref("Conversion"), {"type": "null"}]},
+            "workers": {
+                "type": "object",
+                "properties": {
+                    "answered": {"type": "integer"},
+                    "missing": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    }
     bearer: list[dict[str, list[str]]] = [{"bearer": []}] if settings.api_token is not None else []
     return {
         "openapi": "3.1.0",
@@ -98,6 +154,8 @@ def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
                 "EventResult": result,
                 "EventsAnswer": events_answer,
                 "Customer": customer,
+                "Conversion": conversion,
+                "Funnel": funnel_answer,
                 "Error": {
                     "type": "object",
                     "required": ["error"],
@@ -170,6 +228,32 @@ def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
                         "503": _json(error, "the broker did not take the erasure; retry after Retry-After"),
                     },
                 },
+            },
+            "/funnel": {
+                "get": {
+                    "summary": "The funnel over all workers: counts, conversion, time in stage, bottleneck",
+                    "responses": {
+                        "200": _json(_ref("Funnel"), "every worker answered"),
+                        "206": _json(_ref("Funnel"), "some workers did not answer (listed in workers)"),
+                        "401": _json(error, "a bearer token is required"),
+                    },
+                }
+            },
+            "/funnel/local": {
+                "get": {
+                    "summary": "This worker's share of the funnel (what /funnel gathers)",
+                    "responses": {
+                        "200": _json({"type": "object"}, "figures of the owned partitions"),
+                        "401": _json(error, "a bearer token is required"),
+                    },
+                }
+            },
+            "/map": {
+                "get": {
+                    "summary": "The live journey map page (it reads /funnel; pass the token as #token=...)",
+                    "security": [],
+                    "responses": {"200": {"description": "an HTML page", "content": {"text/html": {}}}},
+                }
             },
             "/health": {
                 "get": {

@@ -115,7 +115,7 @@ def build(settings: Settings, journey_map: JourneyMap | None = None) -> Runtime:
     )
     metrics = TrackerMetrics.create(registry, lifecycle)
     metrics.init_map(jmap)
-    stage_counts = StageCounts(jmap.stage_names)
+    stage_counts = StageCounts(jmap.stage_names, [s.name for s in jmap.stages if not s.exit])
     registry.register(stage_counts)
     lifecycle.add_listener(stage_counts)
     return Runtime(settings, jmap, app, customers, touchpoints, registry, metrics, lifecycle, stage_counts)

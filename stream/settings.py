@@ -54,6 +54,21 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(
         0.5, gt=0, description="A Redis call slower than this counts as Redis down (nudges wait and retry)"
     )
+    view_prefix: str = Field(
+        "journey:view:", description="Prefix of the serving view hashes in Redis (key: prefix + customer id)"
+    )
+    view_ttl_s: int = Field(
+        30 * 86_400,
+        ge=0,
+        description="TTL of a customer's serving-view hash, renewed on each change; 0: no serving view",
+    )
+    view_max_pending: int = Field(
+        200_000,
+        ge=1,
+        description="Customers waiting for Redis beyond this: dropped, and the owned partitions rewritten "
+        "from the store when Redis is back",
+    )
+    view_retry_s: float = Field(2.0, gt=0, description="While Redis is down, how often the view tries again")
     api_token: SecretStr | None = Field(
         None,
         description="Bearer token for every endpoint but /metrics and /health; unset: the API serves on "

@@ -1,57 +1,131 @@
-"""Live customers per stage, exact across workers: ``journey_customers{stage}``.
+"""Live customers per stage, exact across workers: ``journey_customers{stage}``,
+and the funnel figures behind ``GET /funnel``.
 
 Each worker counts the customers of the partitions it actively owns: built
 from one scan of a partition's store when it is assigned and recovered
-(``agents.clock.partition_scan``), counted up and down from the transitions
-each batch produces, dropped when the partition is revoked. A scrape sums
-the owned partitions (no table scan per scrape), so ``sum by (stage)`` over
-all workers counts every customer once, right after a rebalance too.
+(``agents.clock.partition_scan``), changed by each batch from the customers'
+states before and after it (erasures included), dropped when the partition
+is revoked. A scrape sums the owned partitions (no table scan per scrape),
+so ``sum by (stage)`` over all workers counts every customer once, right
+after a rebalance too.
+
+Per partition it keeps, from each customer's state: the current stage, the
+stages ever reached (their ``stages``), for each consecutive pair (A, B) of
+the funnel whether the customer reached A and then B or a later stage
+(conversion: skipping ahead counts), and an open stall's stage.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from models.state import CustomerState
+
+
+@dataclass(slots=True)
+class Figures:
+    """Counts for a set of customers (a partition, a worker, all workers)."""
+
+    customers: Counter[str] = field(default_factory=Counter)  # current stage
+    reached: Counter[str] = field(default_factory=Counter)  # stage ever reached
+    pairs: Counter[str] = field(default_factory=Counter)  # "a>b": reached both of a consecutive pair
+    stalled: Counter[str] = field(default_factory=Counter)  # open stall, by its stage
+    touchpoints: Counter[str] = field(
+        default_factory=Counter
+    )  # "stage|type": events of customers now in stage
+    channels: Counter[str] = field(default_factory=Counter)  # "stage|channel": first-touch channel, by stage
+    scored: Counter[str] = field(default_factory=Counter)  # customers with a drift score, by stage
+    score_sum: Counter[str] = field(default_factory=Counter)  # their scores summed, in milli-points
+
+    def add(self, other: Figures, sign: int = 1) -> None:
+        for name in FIGURES:
+            mine: Counter[str] = getattr(self, name)
+            for k, v in getattr(other, name).items():
+                mine[k] += sign * v
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        return {name: {k: v for k, v in getattr(self, name).items() if v} for name in FIGURES}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Figures:
+        return cls(**{name: Counter(d.get(name, {})) for name in FIGURES})
+
+
+FIGURES = ("customers", "reached", "pairs", "stalled", "touchpoints", "channels", "scored", "score_sum")
+
 
 class StageCounts(Collector):
-    """Per owned partition, customers per stage (a lifecycle listener and a collector)."""
+    """Per owned partition, the funnel figures (a lifecycle listener and a collector)."""
 
-    def __init__(self, stages: Iterable[str], prefix: str = "journey") -> None:
+    def __init__(
+        self, stages: Iterable[str], funnel: Iterable[str] | None = None, prefix: str = "journey"
+    ) -> None:
         self._stages = tuple(stages)
+        # Consecutive pairs of the funnel (the map's non-exit stages, in order),
+        # each with the stages from its second on: skipping ahead converts.
+        order = tuple(funnel) if funnel is not None else self._stages
+        self._pairs = tuple(pairwise(order))
+        self._onward = {order[i + 1]: frozenset(order[i + 1 :]) for i in range(len(order) - 1)}
         self._name = f"{prefix}_customers"
-        self._parts: dict[int, Counter[str]] = {}
+        self._parts: dict[int, Figures] = {}
 
-    def set_partition(self, partition: int, counts: Counter[str]) -> None:
-        self._parts[partition] = counts
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        return self._pairs
 
-    def moved(self, partition: int, from_stage: str | None, to_stage: str) -> None:
-        counts = self._parts.get(partition)
-        if counts is None:
+    def of(self, state: CustomerState) -> Figures:
+        """One customer's contribution."""
+        f = Figures()
+        f.customers[state.stage] = 1
+        for s in state.stages:
+            f.reached[s] = 1
+        for a, b in self._pairs:
+            if a in state.stages and not self._onward[b].isdisjoint(state.stages):
+                f.pairs[f"{a}>{b}"] = 1
+        if state.stall is not None:
+            f.stalled[state.stall.stage] = 1
+        for t, n in state.type_counts.items():
+            f.touchpoints[f"{state.stage}|{t}"] = n
+        f.channels[f"{state.stage}|{state.first_touch_channel}"] = 1
+        if state.drift is not None:
+            f.scored[state.stage] = 1
+            f.score_sum[state.stage] = round(state.drift.score * 1000)  # milli-points: exact sums
+        return f
+
+    def set_partition(self, partition: int, states: Iterable[CustomerState]) -> None:
+        part = Figures()
+        for s in states:
+            part.add(self.of(s))
+        self._parts[partition] = part
+
+    def update(self, partition: int, before: CustomerState | None, after: CustomerState | None) -> None:
+        """A customer's state changed from ``before`` to ``after`` (None: absent or erased)."""
+        part = self._parts.get(partition)
+        if part is None or before is after:
             return
-        if from_stage is not None:
-            counts[from_stage] -= 1
-        counts[to_stage] += 1
+        if before is not None:
+            part.add(self.of(before), -1)
+        if after is not None:
+            part.add(self.of(after))
 
-    def removed(self, partition: int, stage: str) -> None:
-        counts = self._parts.get(partition)
-        if counts is not None:
-            counts[stage] -= 1
-
-    def totals(self) -> Counter[str]:
-        out: Counter[str] = Counter({s: 0 for s in self._stages})
-        for counts in self._parts.values():
-            out.update(counts)
+    def totals(self) -> Figures:
+        out = Figures(customers=Counter({s: 0 for s in self._stages}))
+        for part in self._parts.values():
+            out.add(part)
         return out
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         g = GaugeMetricFamily(
             self._name, "Customers per journey stage in the partitions this worker owns", labels=["stage"]
         )
-        for stage, n in self.totals().items():
+        for stage, n in self.totals().customers.items():
             g.add_metric([stage], n)
         yield g
 

@@ -53,8 +53,11 @@ start() {
     cat <<EOT
 
 Customers are moving. Look at:
+  journey map      http://127.0.0.1:$port/map   (live, in a browser)
+  funnel           curl -s http://127.0.0.1:$port/funnel
   live counts      .venv/bin/journey status --watch 2
   one customer     curl -s http://127.0.0.1:$port/customers/${someone:-<customer_id>}
+  its serving view redis-cli hgetall journey:view:${someone:-<customer_id>}
   worker metrics   curl -s http://127.0.0.1:$port/metrics | grep ^journey_
   Prometheus       http://127.0.0.1:${PROMETHEUS_PORT:-9090}  (journey rules and alerts loaded; try journey:customers:sum)
   nudges live      .venv/bin/journey tail nudges     (also: stalls, held-out, drift, outcomes)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the local stack needs from Debian's packages, if missing:
 # a Java runtime, Maven (to fetch the Kafka jars once), redis-server and
-# prometheus (with promtool).
+# prometheus (with promtool), and chromium for the /map page test.
 # Needs root (or sudo); prints what it would install otherwise.
 set -euo pipefail
 
@@ -12,6 +12,7 @@ command -v redis-server >/dev/null || pkgs+=(redis-server)
 command -v redis-cli >/dev/null || pkgs+=(redis-tools)
 command -v prometheus >/dev/null || pkgs+=(prometheus)
 command -v curl >/dev/null || pkgs+=(curl)
+command -v chromium >/dev/null || pkgs+=(chromium)
 ((${#pkgs[@]})) || exit 0
 
 if [[ $(id -u) -eq 0 ]]; then

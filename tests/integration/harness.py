@@ -56,6 +56,7 @@ def make_settings(tmp_path: Path, **over: Any) -> Settings:
         "erasures_topic": f"it-{run}-erasures",
         "redis_url": os.environ.get("JOURNEY_TEST_REDIS", "redis://127.0.0.1:6379/0"),
         "redis_prefix": f"it-{run}:",
+        "view_prefix": f"it-{run}:view:",
         "partitions": 4,
         "data_dir": tmp_path / "data",
         "session_timeout_s": 10.0,

@@ -57,6 +57,9 @@ def test_erasure_leaves_no_trace_and_a_new_journey_can_start(
         return sum(worker_metric(w, "journey_customers", stage=stage) for w in (a, b))
 
     assert total("cart") == 2
+    view = redis.Redis.from_url(s.redis_url, decode_responses=True)
+    for c in (gone, kept):
+        wait_for(f"{c} in the serving view", lambda c=c: view.hget(f"{s.view_prefix}{c}", "stage") == "cart")
     status, body = a.request("DELETE", f"/customers/{gone}")[:2]
     assert status == 202 and body["customer_id"] == gone and body["status"] == "accepted"
 
@@ -70,6 +73,9 @@ def test_erasure_leaves_no_trace_and_a_new_journey_can_start(
     # Redis: none of the customer's keys; the other customer's stay.
     wait_for("the Redis keys to go", lambda: not r.keys(f"{s.redis_prefix}{{{gone}}}:*"))
     assert r.keys(f"{s.redis_prefix}{{{kept}}}:*")
+    # The serving view: the customer's hash goes, the other's stays.
+    wait_for("the serving view to forget", lambda: not view.exists(f"{s.view_prefix}{gone}"))
+    assert view.hget(f"{s.view_prefix}{kept}", "stage") == "cart"
     # Live counts: the customer is no longer counted.
     assert total("cart") == 1
     erased = topic_records(s, s.erasures_topic)
@@ -90,3 +96,6 @@ def test_erasure_leaves_no_trace_and_a_new_journey_can_start(
     send_messages(s, [msg(gone, f"{gone}-0", "page_view", 1)])  # even an id seen before
     status, again = wait_for("the new journey", lambda: (g := c.get(f"/customers/{gone}"))[0] == 200 and g)
     assert again["events"] == 1 and again["stage"] == "awareness" and len(again["stages"]) == 1
+    key = f"{s.view_prefix}{gone}"
+    wait_for("the new journey in the view", lambda: view.hget(key, "stage") == "awareness")
+    assert view.hget(key, "events") == "1"

@@ -1,26 +1,56 @@
-"""Customers per stage, per owned partition, summed at scrape."""
+"""Funnel figures per owned partition, summed at scrape and for /funnel."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 from prometheus_client import CollectorRegistry, generate_latest
 
-from stream.stage_counts import StageCounts
+from models import Touchpoint, fold, load_map
+from models.events import Erase
+from stream.stage_counts import Figures, StageCounts
+
+MAP = load_map()
+T0 = 1_790_000_000_000
 
 
-def test_counts_follow_transitions_and_forget_revoked_partitions() -> None:
-    counts = StageCounts(["awareness", "cart", "purchase"])
+def states(*journeys: tuple[str, list[str]]) -> dict[str, object]:
+    events = [
+        Touchpoint(f"{cid}-{i}", cid, t, "web", T0 + i)
+        for cid, types in journeys
+        for i, t in enumerate(types)
+    ]
+    return fold(MAP, events)  # type: ignore[return-value]
+
+
+def test_figures_follow_states_and_forget_revoked_partitions() -> None:
+    counts = StageCounts(MAP.stage_names, [s.name for s in MAP.stages if not s.exit])
     registry = CollectorRegistry()
     registry.register(counts)
-    counts.set_partition(0, Counter({"awareness": 3, "cart": 1}))
-    counts.set_partition(1, Counter({"cart": 2}))
-    counts.moved(0, None, "awareness")  # a first touch
-    counts.moved(1, "cart", "purchase")
-    counts.moved(7, "cart", "purchase")  # not owned: ignored
-    assert counts.totals() == Counter({"awareness": 4, "cart": 2, "purchase": 1})
-    text = generate_latest(registry).decode()
-    assert 'journey_customers{stage="purchase"} 1.0' in text
+    s = states(("a", ["page_view"]), ("b", ["page_view", "add_to_cart"]), ("c", ["product_view", "purchase"]))
+    counts.set_partition(0, [s["a"], s["b"]])  # type: ignore[list-item]
+    counts.set_partition(1, [s["c"]])  # type: ignore[list-item]
+    t = counts.totals()
+    assert t.customers == {
+        "awareness": 1,
+        "consideration": 1,
+        "cart": 1,
+        "purchase": 0,
+        "service": 0,
+        "loyalty": 0,
+        "defected": 0,
+    } | {"consideration": 0, "purchase": 1}
+    assert t.reached["awareness"] == 2 and t.reached["consideration"] == 1 and t.pairs["awareness>cart"] == 0
+    # Skipping ahead converts: b went awareness -> cart, c consideration -> purchase.
+    assert t.pairs["awareness>consideration"] == 1 and t.pairs["consideration>cart"] == 1
+    assert t.pairs["cart>purchase"] == 0
+    assert 'journey_customers{stage="purchase"} 1.0' in generate_latest(registry).decode()
+    # b buys: cart -> purchase; then c is erased.
+    after = states(("b", ["page_view", "add_to_cart", "purchase"]))["b"]
+    counts.update(0, s["b"], after)  # type: ignore[arg-type]
+    counts.update(1, s["c"], None)  # type: ignore[arg-type]
+    counts.update(7, None, after)  # type: ignore[arg-type]  # not owned: ignored
+    t = counts.totals()
+    assert (t.customers["cart"], t.customers["purchase"]) == (0, 1) and t.pairs["cart>purchase"] == 1
     counts.on_partition_revoked(0)
-    assert counts.totals() == Counter({"awareness": 0, "cart": 1, "purchase": 1})
-    assert 'journey_customers{stage="awareness"} 0.0' in generate_latest(registry).decode()
+    assert counts.totals().customers["awareness"] == 0
+    assert Figures.from_dict(t.to_dict()) == t
+    assert fold(MAP, [Erase("x", "e", T0)]) == {}

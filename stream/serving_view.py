@@ -1,0 +1,323 @@
+"""The Redis serving view: each customer's stage and headline fields in a
+hash, so a web shop reads a visitor's stage in a millisecond without calling
+a worker.
+
+Key layout (``JOURNEY_VIEW_PREFIX``, default ``journey:view:``)::
+
+    <prefix><customer_id>   a hash, TTL JOURNEY_VIEW_TTL_S (renewed on each change)
+        stage                 the current stage
+        stage_entered_at      event time (epoch ms) the stage was entered
+        last_event_at         the latest event time seen (epoch ms)
+        first_touch_channel   the channel of the first touchpoint
+        events                distinct events applied
+        stalled_stage         the stage of an open stall, or empty
+        drift_score           the drift score (3 decimals), or empty before any
+        at_risk               1 while below the risk bar, else 0
+        offset                the touchpoints offset of the last record applied
+        updated_at            the worker's clock when it was written (epoch ms)
+
+How it is written:
+
+* The agent only puts a customer's new state (or its erasure) into a pending
+  map, coalesced per customer: nothing in the batch path waits for Redis.
+* A writer task sends what is pending in one pipeline per flush, started
+  after each batch when none is running (and by a timer, for retries).
+* Each write is one Lua call that replaces the hash only if the stored
+  ``offset`` is not newer, so two workers during a rebalance, or a retry
+  that comes late, never put an older state over a newer one. An erasure
+  deletes the hash (unless a newer journey has already been written).
+* Per partition, a mark says up to which touchpoints offset the view is
+  complete: the hash ``<prefix>`` itself (customer ids are never empty),
+  field = partition number, value = that offset. A worker sets it after a
+  flush leaves nothing of the partition waiting.
+* A partition's new owner (after a rebalance, a crash, a restart) reads the
+  mark and rewrites from its store the customers whose last applied offset
+  is past it; no mark (a new deployment, or a Redis that lost its data)
+  rewrites them all. The marks are checked again after every outage and
+  every ``MARK_CHECK_S``, so a Redis that came back empty is refilled.
+* While Redis is down the pending map keeps each customer's latest state, and
+  the writer tries again every ``JOURNEY_VIEW_RETRY_S``: the view catches up
+  when Redis is back, without a restart. Past ``JOURNEY_VIEW_MAX_PENDING``
+  customers the pending map is dropped and the owned partitions are
+  rewritten from the store past their marks once Redis answers.
+* Entries of a revoked partition leave the pending map: its new owner writes
+  them.
+
+Left open: an erasure whose view delete waits for Redis is lost if the
+worker dies before Redis is back (the new owner has no state to rewrite and
+no record of the delete); the hash then stays until its TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from models.state import CustomerState
+
+log = logging.getLogger(__name__)
+
+# KEYS[1] the hash; ARGV[1] the offset; ARGV[2] the TTL in ms, or '' to delete;
+# ARGV[3..] field, value pairs.
+_SCRIPT = """
+local cur = redis.call('HGET', KEYS[1], 'offset')
+if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[2] == '' then return 1 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# Raise a partition's mark, never lower it. KEYS[1] the marks; ARGV partition, offset.
+_MARK = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and tonumber(cur) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# Customers per pipeline round trip (a flush sends as many as are pending).
+CHUNK = 2000
+# How often the marks are read again while Redis answers (a Redis that
+# restarted empty between two writes is noticed by then).
+MARK_CHECK_S = 30.0
+
+
+def view_fields(state: CustomerState, offset: int, now_ms: int) -> dict[str, str]:
+    """The hash a customer's state is served as."""
+    drift = state.drift
+    return {
+        "stage": state.stage,
+        "stage_entered_at": str(state.stage_entered_at),
+        "last_event_at": str(state.last_event_at),
+        "first_touch_channel": state.first_touch_channel,
+        "events": str(state.events),
+        "stalled_stage": state.stall.stage if state.stall is not None else "",
+        "drift_score": f"{drift.score:.3f}" if drift is not None else "",
+        "at_risk": "1" if drift is not None and drift.at_risk else "0",
+        "offset": str(offset),
+        "updated_at": str(now_ms),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    partition: int
+    offset: int
+    state: CustomerState | None  # None: erased
+
+
+class ServingView:
+    """Mirrors the customers of the owned partitions into Redis (a lifecycle listener)."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        ttl_s: int,
+        timeout_s: float,
+        *,
+        max_pending: int,
+        retry_s: float,
+        clock: Callable[[], int],
+        scan: Callable[[int], Iterable[tuple[int, CustomerState]]],
+        on_written: Callable[[int], None] = lambda n: None,
+        on_state: Callable[[bool], None] = lambda up: None,
+    ) -> None:
+        self._redis: Any = aioredis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
+        )
+        self._script = self._redis.register_script(_SCRIPT)
+        self._mark_script = self._redis.register_script(_MARK)
+        self.prefix = prefix
+        self._ttl_ms = str(ttl_s * 1000)
+        self._max_pending = max_pending
+        self._retry_s = retry_s
+        self._clock = clock
+        self._scan = scan
+        self._on_written = on_written
+        self._on_state = on_state
+        self.pending: dict[str, Pending] = {}
+        self.owned: set[int] = set()
+        self.resync: dict[int, int] = {}  # partition -> rewrite customers past this offset (-1: all)
+        self._unchecked: set[int] = set()  # ready partitions whose mark was not read yet
+        self._through: dict[int, int] = {}  # partition -> highest offset put or rewritten
+        self._marked: dict[int, int] = {}  # partition -> the mark as this worker last knew it
+        self._checked_at = float("-inf")
+        self.up = True
+        self._retry_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def key(self, customer_id: str) -> str:
+        return f"{self.prefix}{customer_id}"
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def put(self, partition: int, customer_id: str, offset: int, state: CustomerState | None) -> None:
+        """A customer's latest state (None: erased), to be written soon."""
+        if partition not in self.owned:
+            return
+        self.pending[customer_id] = Pending(partition, offset, state)
+        if offset > self._through.get(partition, -1):
+            self._through[partition] = offset
+        if len(self.pending) > self._max_pending:
+            log.warning(
+                "serving view: more than %d customers wait for Redis; dropping them and rewriting "
+                "partitions %s from the store when Redis is back",
+                self._max_pending,
+                sorted(self.owned),
+            )
+            self.pending.clear()
+            for p in self.owned:
+                self.resync[p] = min(self.resync.get(p, self._marked.get(p, -1)), self._marked.get(p, -1))
+
+    def _due(self) -> bool:
+        return bool(self._unchecked) or time.monotonic() - self._checked_at > MARK_CHECK_S
+
+    def kick(self) -> None:
+        """Start a flush unless one runs, or Redis is down and its retry is not due."""
+        if self._task is not None and not self._task.done():
+            return
+        if not (self.pending or self.resync or (self.owned and self._due())):
+            return
+        if not self.up and time.monotonic() < self._retry_at:
+            return
+        self._task = asyncio.ensure_future(self.flush())
+
+    async def flush(self) -> None:
+        """Read the marks if due, write everything pending, rewrite what the
+        marks say is missing, then raise the marks."""
+        try:
+            if self.owned and self._due():
+                await self._check_marks()
+            while self.pending:
+                batch = dict(islice(self.pending.items(), CHUNK))
+                await self._write([(cid, p.offset, p.state) for cid, p in batch.items()])
+                for cid, p in batch.items():
+                    if self.pending.get(cid) is p:  # not replaced meanwhile
+                        del self.pending[cid]
+            for partition in sorted(self.resync):
+                await self._rewrite(partition)
+            await self._raise_marks()
+        except (RedisError, OSError) as exc:
+            self._down(exc)
+            return
+        self._set_up()
+
+    async def _check_marks(self) -> None:
+        parts = sorted(self.owned)
+        marks = await self._redis.hmget(self.prefix, [str(p) for p in parts])
+        for p, raw in zip(parts, marks, strict=True):
+            mark = int(raw) if raw is not None else None
+            if p in self._unchecked:  # newly owned: rewrite what the last owner did not write
+                m = mark if mark is not None else -1
+                self.resync[p] = min(self.resync.get(p, m), m)
+                self._marked[p] = m
+            elif mark is None or mark < self._marked.get(p, -1):
+                log.warning(
+                    "serving view: partition %d's mark is %s, this worker wrote %s: Redis lost data; "
+                    "rewriting the partition",
+                    p,
+                    mark,
+                    self._marked.get(p),
+                )
+                self.resync[p] = -1 if mark is None else mark
+                self._marked[p] = -1 if mark is None else mark
+        self._unchecked -= set(parts)
+        self._checked_at = time.monotonic()
+
+    async def _rewrite(self, partition: int) -> None:
+        after = self.resync[partition]
+        items: Iterator[tuple[int, CustomerState]] = iter(self._scan(partition))
+        written, highest = 0, after
+        while partition in self.resync:
+            chunk = [(o, s) for o, s in islice(items, CHUNK)]
+            if not chunk:
+                del self.resync[partition]
+                if highest > self._through.get(partition, -1):
+                    self._through[partition] = highest
+                log.info(
+                    "serving view: partition %d rewritten from the store past offset %d (%d customers)",
+                    partition,
+                    after,
+                    written,
+                )
+                return
+            newer = [(s.customer_id, o, s) for o, s in chunk if o > after]
+            if newer:
+                await self._write(newer)  # type: ignore[arg-type]
+            written += len(newer)
+            highest = max([highest, *(o for o, _ in chunk)])
+
+    async def _raise_marks(self) -> None:
+        waiting = {p.partition for p in self.pending.values()}
+        for p in sorted(self.owned - waiting - set(self.resync) - self._unchecked):
+            through = self._through.get(p)
+            if through is not None and through > self._marked.get(p, -1):
+                await self._mark_script(keys=[self.prefix], args=[str(p), str(through)])
+                self._marked[p] = through
+
+    async def _write(self, items: list[tuple[str, int, CustomerState | None]]) -> None:
+        now = self._clock()
+        pipe = self._redis.pipeline(transaction=False)
+        for cid, offset, state in items:
+            if state is None:
+                args: list[str] = [str(offset), ""]
+            else:
+                args = [str(offset), self._ttl_ms]
+                for k, v in view_fields(state, offset, now).items():
+                    args += [k, v]
+            await self._script(keys=[self.key(cid)], args=args, client=pipe)
+        await pipe.execute()
+        self._on_written(len(items))
+
+    async def read(self, customer_id: str) -> dict[str, str]:
+        """One customer's hash (empty if none): what a shop would read."""
+        return dict(await self._redis.hgetall(self.key(customer_id)))
+
+    def _down(self, exc: BaseException) -> None:
+        self._retry_at = time.monotonic() + self._retry_s
+        self._checked_at = float("-inf")  # read the marks again when it is back
+        if self.up:
+            log.warning(
+                "serving view: Redis is down (%r); %d customers wait, retried every %g s",
+                exc,
+                len(self.pending),
+                self._retry_s,
+            )
+            self.up = False
+            self._on_state(False)
+
+    def _set_up(self) -> None:
+        if not self.up:
+            log.info("serving view: Redis is back, the view has caught up")
+            self.up = True
+            self._on_state(True)
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            await asyncio.wait({self._task}, timeout=5)
+        await self._redis.aclose()
+
+    # PartitionListener
+    def on_partition_ready(self, partition: int) -> None:
+        self.owned.add(partition)
+        self._unchecked.add(partition)
+
+    def on_partition_revoked(self, partition: int) -> None:
+        self.owned.discard(partition)
+        self._unchecked.discard(partition)
+        for d in (self.resync, self._through, self._marked):
+            d.pop(partition, None)
+        for cid in [c for c, p in self.pending.items() if p.partition == partition]:
+            del self.pending[cid]

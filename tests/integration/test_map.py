@@ -1,0 +1,129 @@
+"""GET /funnel over two workers, and the live journey map in a real browser
+(Debian's chromium, driven by Playwright through executable_path)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections import Counter
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stream.kafka_tools import ensure_topics, tracker_topics
+from stream.simulator import generate
+from tests.integration.harness import (
+    WorkerProcess,
+    make_settings,
+    send_messages,
+    stored_states,
+    wait_for,
+    wait_processed,
+)
+
+TOKEN = "map-token"
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("JOURNEY_TEST_ARTIFACTS", ROOT / ".test-artifacts"))
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# As the machine's notes say: no background networking, a fresh profile.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def expected_funnel(
+    states: dict[str, Any], stages: list[str]
+) -> tuple[Counter[str], dict[str, float | None]]:
+    counts = Counter(s.stage for s in states.values())
+    ratios: dict[str, float | None] = {}
+    for i, (a, b) in enumerate(pairwise(stages)):
+        onward = set(stages[i + 1 :])  # B or any later stage: skipping ahead converts
+        reached = sum(1 for s in states.values() if a in s.stages)
+        both = sum(1 for s in states.values() if a in s.stages and onward & set(s.stages))
+        ratios[f"{a}>{b}"] = both / reached if reached else None
+    return counts, ratios
+
+
+def test_funnel_over_two_workers_and_the_map_in_a_browser(spawn: list[WorkerProcess], tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    s = make_settings(tmp_path, partitions=4, api_token=TOKEN)
+    ensure_topics(s, tracker_topics(s))
+    a = WorkerProcess(s, tmp_path / "worker-a.log").start()
+    b = WorkerProcess(s, tmp_path / "worker-b.log").start()
+    spawn += [a, b]
+    a.wait_ready()
+    b.wait_ready()
+    wait_for(
+        "both workers to own partitions",
+        lambda: all(len((w.health() or {}).get("partitions", [])) == 2 for w in (a, b)),
+        timeout=120,
+    )
+    messages = generate(1500, seed=31, duplicates=0.02, malformed=0.01)
+    sender = threading.Thread(target=send_messages, args=(s, messages, 600.0))
+    sender.start()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1900, "height": 800})
+        # While the simulator runs: what the page shows is what its last /funnel said.
+        with page.expect_response(lambda r: r.url.endswith("/funnel") and r.status in (200, 206)) as got:
+            page.goto(f"{a.url}/map#token={TOKEN}")
+        first = got.value.json()
+        page.wait_for_function(f"document.body.dataset.customers === '{first['customers']}'")
+        for st in first["stages"]:
+            assert page.inner_text(f"[data-testid=count-{st['stage']}]") == str(st["customers"])
+        assert sender.is_alive(), "the simulator finished before the page was checked; slow it down"
+        sender.join()
+        wait_processed(s, [a, b])
+
+        # Settled: /funnel from either worker equals the table, over both workers.
+        states = stored_states(s)
+        funnel_stages = [st.name for st in a_map_stages()]
+        want_counts, want_ratios = expected_funnel(states, funnel_stages)
+        for w in (a, b):
+            status, body = w.get("/funnel")
+            assert status == 200 and body["workers"] == {"answered": 2, "missing": []}
+            assert {st["stage"]: st["customers"] for st in body["stages"]} == {
+                st: want_counts.get(st, 0) for st in [x["stage"] for x in body["stages"]]
+            }
+            assert {f"{c['from']}>{c['to']}": c["ratio"] for c in body["conversion"]} == pytest.approx(
+                want_ratios
+            )
+            worst = min((c for c in body["conversion"] if c["ratio"] is not None), key=lambda c: c["ratio"])
+            assert body["bottleneck"] == worst
+
+        # The page follows: counts, conversions and the bottleneck as /funnel says.
+        _, final = a.get("/funnel")
+        page.wait_for_function(f"document.body.dataset.customers === '{final['customers']}'", timeout=15_000)
+        for st in final["stages"]:
+            assert page.inner_text(f"[data-testid=count-{st['stage']}]") == str(st["customers"])
+            assert page.inner_text(f"[data-testid=stalled-{st['stage']}]") == str(st["stalled"])
+        bn = final["bottleneck"]
+        arrow = page.locator(f"[data-testid=conv-{bn['from']}-{bn['to']}]")
+        assert "bottleneck" in (arrow.get_attribute("class") or "")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "journey-map.png"), full_page=True)
+        browser.close()
+    assert (ARTIFACTS / "journey-map.png").stat().st_size > 10_000
+
+    # A customer owned by the other worker is found from either, with the token.
+    cid = next(iter(states))
+    assert a.get(f"/customers/{cid}") == b.get(f"/customers/{cid}")
+    assert a.get(f"/customers/{cid}")[0] == 200
+
+
+def a_map_stages() -> list[Any]:
+    from models import load_map
+
+    return [st for st in load_map().stages if not st.exit]
