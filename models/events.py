@@ -170,14 +170,22 @@ class Clock:
         return orjson.dumps({"clock": self.now, "customer_id": self.customer_id})
 
 
-def parse_clock(raw: bytes | None, key: bytes | None) -> Clock | Rejection:
-    """Validate a clock record (one with the :data:`CLOCK_HEADER` header)."""
+def _json_object(raw: bytes | None, what: str) -> dict[str, Any] | Rejection:
+    """A record's value as a JSON object, or why it is not one."""
     try:
         obj = orjson.loads(raw or b"")
     except orjson.JSONDecodeError as exc:
         return Rejection("not_json", str(exc)[:200])
     if not isinstance(obj, dict):
-        return Rejection("not_object", "a clock record must be a JSON object")
+        return Rejection("not_object", f"{what} must be a JSON object")
+    return obj
+
+
+def parse_clock(raw: bytes | None, key: bytes | None) -> Clock | Rejection:
+    """Validate a clock record (one with the :data:`CLOCK_HEADER` header)."""
+    obj = _json_object(raw, "a clock record")
+    if isinstance(obj, Rejection):
+        return obj
     now, cid = obj.get("clock"), obj.get("customer_id")
     if isinstance(now, bool) or not isinstance(now, int) or not 0 <= now < 253402300800000:
         return Rejection("bad_field", "clock must be epoch milliseconds")
@@ -208,12 +216,9 @@ class Erase:
 
 def parse_erase(raw: bytes | None, key: bytes | None) -> Erase | Rejection:
     """Validate an erasure record (one with the :data:`ERASE_HEADER` header)."""
-    try:
-        obj = orjson.loads(raw or b"")
-    except orjson.JSONDecodeError as exc:
-        return Rejection("not_json", str(exc)[:200])
-    if not isinstance(obj, dict):
-        return Rejection("not_object", "an erasure record must be a JSON object")
+    obj = _json_object(raw, "an erasure record")
+    if isinstance(obj, Rejection):
+        return obj
     cid, eid, at = obj.get("erase"), obj.get("erasure_id"), obj.get("at")
     if not isinstance(cid, str) or not cid or len(cid) > MAX_ID_LEN:
         return Rejection("bad_field", "erase must be the customer id")

@@ -55,6 +55,14 @@ return d
 """
 
 
+def redis_client(url: str, timeout_s: float) -> Any:
+    """A ``redis.asyncio`` client (never blocks the loop) for which a call
+    slower than ``timeout_s`` fails: the callers count Redis as down."""
+    return aioredis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
+    )
+
+
 class GateDown(StreamError):
     """Redis did not answer: the nudge waits and is tried again."""
 
@@ -81,9 +89,7 @@ class NudgeGate:
     """The Redis side of the nudge policy (``redis.asyncio``: never blocks the loop)."""
 
     def __init__(self, url: str, prefix: str, timeout_s: float, status_ttl_s: int) -> None:
-        self._redis: Any = aioredis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
-        )
+        self._redis: Any = redis_client(url, timeout_s)
         self._script = self._redis.register_script(_SCRIPT)
         self._prefix = prefix
         self._ttl_ms = status_ttl_s * 1000

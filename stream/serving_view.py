@@ -58,10 +58,10 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from models.state import CustomerState
+from stream.nudge_gate import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,7 @@ class ServingView:
         on_written: Callable[[int], None] = lambda n: None,
         on_state: Callable[[bool], None] = lambda up: None,
     ) -> None:
-        self._redis: Any = aioredis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
-        )
+        self._redis: Any = redis_client(url, timeout_s)
         self._script = self._redis.register_script(_SCRIPT)
         self._mark_script = self._redis.register_script(_MARK)
         self.prefix = prefix
