@@ -222,34 +222,51 @@ class TouchpointsAgent:
         return frozenset(s.name for s in self.rt.journey_map.stages if s.exit)
 
     def count(self, plan: BatchPlan) -> None:
+        """The batch's metrics: tallied per label set first, then one
+        ``labels()`` lookup each (they cost more than the increments)."""
         m = self.rt.metrics
         m.batches.inc()
         m.events.labels("replayed").inc(plan.replayed)
         m.events.labels("rejected").inc(len(plan.dead))
-        for dl in plan.dead:
-            m.rejected.labels(dl.reason).inc()
-        applied = duplicates = 0
+        for reason, n in Counter(dl.reason for dl in plan.dead).items():
+            m.rejected.labels(reason).inc(n)
+        applied = duplicates = win_backs = churn_risks = 0
         exits = self._exit_stages
         by_name = self.rt.journey_map.stage_by_name
+        moves: Counter[tuple[str, str]] = Counter()
+        durations: dict[str, list[float]] = {}
+        stalls: Counter[str] = Counter()
         for u in plan.updates:
             applied += u.fold.applied
             duplicates += u.fold.duplicates
             for t in u.fold.transitions:
-                m.transitions.labels(t.from_stage or "none", t.to_stage).inc()
-                if t.from_stage is None:
-                    continue
-                if t.from_stage in exits and t.to_stage not in exits:
-                    m.win_backs.inc()
-                to = by_name[t.to_stage]
-                if not to.exit and to.index > by_name[t.from_stage].index:
-                    m.conversions.labels(t.from_stage, t.to_stage).inc()
-                if t.previous_stage_ms is not None:
-                    m.stage_duration.labels(t.from_stage).observe(t.previous_stage_ms / 1000)
+                moves[(t.from_stage or "none", t.to_stage)] += 1
+                if t.from_stage is not None and t.previous_stage_ms is not None:
+                    durations.setdefault(t.from_stage, []).append(t.previous_stage_ms / 1000)
             for o in u.fold.outputs:
                 if isinstance(o, StallRecord):
-                    m.stalls.labels(o.stage).inc()
+                    stalls[o.stage] += 1
                 elif isinstance(o, ChurnRisk):
-                    m.churn_risks.inc()
+                    churn_risks += 1
+        for (frm, to), n in moves.items():
+            m.transitions.labels(frm, to).inc(n)
+            if frm == "none":
+                continue
+            if frm in exits and to not in exits:
+                win_backs += n
+            target = by_name[to]
+            if not target.exit and target.index > by_name[frm].index:
+                m.conversions.labels(frm, to).inc(n)
+        for stage, seconds in durations.items():
+            observe = m.stage_duration.labels(stage).observe
+            for d in seconds:
+                observe(d)
+        for stage, n in stalls.items():
+            m.stalls.labels(stage).inc(n)
+        if win_backs:
+            m.win_backs.inc(win_backs)
+        if churn_risks:
+            m.churn_risks.inc(churn_risks)
         for (etype, channel), n in plan.by_type.items():
             m.events_by_type.labels(etype, channel).inc(n)
         if plan.event_times:

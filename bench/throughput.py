@@ -13,7 +13,11 @@ a fresh topic, then measures, each from its first record to its last:
 Prints the three rates and, last, ``ratio: X`` (worker / bare parse). Not a
 test: the numbers move with the machine's load; compare ratios from one run.
 
-    .venv/bin/python bench/throughput.py [--customers 20000] [--seed 1]
+With ``--profile FILE`` py-spy samples the worker while it applies the
+events (collapsed stacks in FILE) and a breakdown of its time is printed
+before the ratio: where a worker's time per event goes.
+
+    .venv/bin/python bench/throughput.py [--customers 20000] [--seed 1] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -136,7 +140,42 @@ def processed(port: int) -> float:
     )
 
 
-def tracker(settings: Settings, total: int, workdir: Path) -> float:
+# Where a worker's busy samples fall (py-spy leaves idle waits out). Our own
+# steps first: a stack in one of them counts there, the broker calls it
+# makes included; the rest by the first match.
+OURS = (
+    ("plan: parse, load, fold", ("plan_batch (", "fold_batch (")),
+    ("store: encode, changelog (acked), local store", ("store (agents/touchpoints.py",)),
+    ("publish: transitions, stalls, DLQ (acked)", ("publish (agents/touchpoints.py",)),
+    ("follow-up: deadlines, counts, nudges, view", ("follow_up (", "flush (agents/nudges", "count (agents/")),
+    ("view writer (Redis)", ("serving_view.py",)),
+    ("clock tick", ("tick (agents/clock.py",)),
+)
+REST = (
+    ("Faust fetch and drain loop", ("_drain_messages (", "_wait_next_records (")),
+    ("aiokafka: fetch, produce, commit", ("aiokafka",)),
+    ("Faust and mode services (commit, monitor, web)", ("faust/", "mode/")),
+)
+
+
+def profile_areas(path: Path) -> list[tuple[str, float]]:
+    """Share of busy samples per area of a py-spy collapsed-stack file."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        area = next(
+            (name for name, marks in OURS + REST if any(m in stack for m in marks)),
+            "other (event loop, logging, GC)",
+        )
+        counts[area] = counts.get(area, 0) + int(n)
+        total += int(n)
+    return sorted(((a, c / total) for a, c in counts.items()), key=lambda ac: -ac[1]) if total else []
+
+
+def tracker(settings: Settings, total: int, workdir: Path, profile: Path | None = None) -> float:
     """Events per second through a real worker, first applied event to last."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEY_")}
@@ -146,6 +185,7 @@ def tracker(settings: Settings, total: int, workdir: Path) -> float:
     log = (workdir / "worker.log").open("wb")
     journey = str(Path(sys.executable).with_name("journey"))
     proc = subprocess.Popen([journey, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    spy: subprocess.Popen[bytes] | None = None
     try:
         first_t = first_n = 0.0
         deadline = time.monotonic() + 900
@@ -159,11 +199,21 @@ def tracker(settings: Settings, total: int, workdir: Path) -> float:
             now = time.perf_counter()
             if n > 0 and not first_t:
                 first_t, first_n = now, n
+                if profile is not None:
+                    spy_bin = str(Path(sys.executable).with_name("py-spy"))
+                    spy = subprocess.Popen(
+                        [spy_bin, "record", "--pid", str(proc.pid), "--format", "raw", "-o", str(profile)],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
             if n >= total:
                 return (n - first_n) / (now - first_t)
             time.sleep(0.05)
         raise SystemExit("the worker did not finish in 15 minutes")
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes the file on SIGINT
+            spy.wait(timeout=60)
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=30)
@@ -178,6 +228,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--profile", type=Path, help="sample the worker with py-spy into this file")
     args = parser.parse_args()
 
     run = f"bench-{uuid.uuid4().hex[:8]}"
@@ -203,8 +254,12 @@ def main() -> None:
     print(f"bare parse-only consumer (aiokafka + orjson): {bare:,.0f} events/s")
     fold = asyncio.run(bare_fold(settings, total))
     print(f"bare consumer running fold_batch into a dict (our reducer's ceiling): {fold:,.0f} events/s")
-    ours = tracker(settings, total, workdir)
+    ours = tracker(settings, total, workdir, args.profile)
     print(f"journey worker (fold, table + changelog, transitions, DLQ, commits): {ours:,.0f} events/s")
+    if args.profile is not None and args.profile.exists():
+        print(f"worker profile (py-spy, {args.profile}): share of busy samples, all threads")
+        for area, share in profile_areas(args.profile):
+            print(f"  {share:6.1%}  {area}")
     print(f"ratio: {ours / bare:.3f}")
 
 

@@ -58,24 +58,58 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from models.state import CustomerState
 from stream.nudge_gate import redis_client
 
 log = logging.getLogger(__name__)
 
-# KEYS[1] the hash; ARGV[1] the offset; ARGV[2] the TTL in ms, or '' to delete;
-# ARGV[3..] field, value pairs.
+# The hash's fields, in the order the writer passes their values.
+FIELDS = (
+    "stage",
+    "stage_entered_at",
+    "last_event_at",
+    "first_touch_channel",
+    "events",
+    "stalled_stage",
+    "drift_score",
+    "at_risk",
+    "offset",
+    "updated_at",
+)
+
+# Many customers per call: KEYS their hashes; ARGV[1] the TTL in ms; ARGV[1 + i]
+# KEYS[i]'s record: the offset, then the values of FIELDS, joined by SEP (just
+# the offset: delete).
+# Each hash is replaced only if its stored offset is not newer. One call per
+# few hundred customers: packing a command per customer cost more than the rest.
+SEP = "\x1f"  # never in a value: stage and channel names are [a-z0-9_], the rest digits
 _SCRIPT = """
-local cur = redis.call('HGET', KEYS[1], 'offset')
-if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
-redis.call('DEL', KEYS[1])
-if ARGV[2] == '' then return 1 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
+local names = {NAMES}
+local ttl = ARGV[1]
+local written = 0
+for i, key in ipairs(KEYS) do
+  local vals = {}
+  for v in string.gmatch(ARGV[i + 1] .. '\\31', '([^\\31]*)\\31') do vals[#vals + 1] = v end
+  local offset = tonumber(vals[1])
+  local cur = redis.call('HGET', key, 'offset')
+  if not (cur and tonumber(cur) > offset) then
+    redis.call('DEL', key)
+    if #vals > 1 then
+      local args = {}
+      for j, name in ipairs(names) do
+        args[2 * j - 1] = name
+        args[2 * j] = vals[j + 1]
+      end
+      redis.call('HSET', key, unpack(args))
+      redis.call('PEXPIRE', key, ttl)
+    end
+    written = written + 1
+  end
+end
+return written
+""".replace("NAMES", ", ".join(f"'{f}'" for f in FIELDS))
 
 # Raise a partition's mark, never lower it. KEYS[1] the marks; ARGV partition, offset.
 _MARK = """
@@ -85,28 +119,35 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
-# Customers per pipeline round trip (a flush sends as many as are pending).
+# Customers per pipeline round trip (a flush sends as many as are pending),
+# and per script call (Redis runs one call at a time: keep each short).
 CHUNK = 2000
+PER_CALL = 250
 # How often the marks are read again while Redis answers (a Redis that
 # restarted empty between two writes is noticed by then).
 MARK_CHECK_S = 30.0
 
 
-def view_fields(state: CustomerState, offset: int, now_ms: int) -> dict[str, str]:
-    """The hash a customer's state is served as."""
+def view_values(state: CustomerState, offset: int, now_ms: int) -> list[str]:
+    """The hash a customer's state is served as: the values of FIELDS."""
     drift = state.drift
-    return {
-        "stage": state.stage,
-        "stage_entered_at": str(state.stage_entered_at),
-        "last_event_at": str(state.last_event_at),
-        "first_touch_channel": state.first_touch_channel,
-        "events": str(state.events),
-        "stalled_stage": state.stall.stage if state.stall is not None else "",
-        "drift_score": f"{drift.score:.3f}" if drift is not None else "",
-        "at_risk": "1" if drift is not None and drift.at_risk else "0",
-        "offset": str(offset),
-        "updated_at": str(now_ms),
-    }
+    return [
+        state.stage,
+        str(state.stage_entered_at),
+        str(state.last_event_at),
+        state.first_touch_channel,
+        str(state.events),
+        state.stall.stage if state.stall is not None else "",
+        f"{drift.score:.3f}" if drift is not None else "",
+        "1" if drift is not None and drift.at_risk else "0",
+        str(offset),
+        str(now_ms),
+    ]
+
+
+def view_fields(state: CustomerState, offset: int, now_ms: int) -> dict[str, str]:
+    """The hash as a mapping (what a reader gets from HGETALL)."""
+    return dict(zip(FIELDS, view_values(state, offset, now_ms), strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,17 +307,26 @@ class ServingView:
                 self._marked[p] = through
 
     async def _write(self, items: list[tuple[str, int, CustomerState | None]]) -> None:
+        """Guarded writes, PER_CALL customers per script call, the calls in
+        one pipeline. EVALSHA goes straight onto the pipeline (redis-py's
+        Script adds a SCRIPT EXISTS round trip); a Redis without the script
+        yet (restarted) gets it loaded."""
         now = self._clock()
+        sha, prefix, join = self._script.sha, self.prefix, SEP.join
         pipe = self._redis.pipeline(transaction=False)
-        for cid, offset, state in items:
-            if state is None:
-                args: list[str] = [str(offset), ""]
-            else:
-                args = [str(offset), self._ttl_ms]
-                for k, v in view_fields(state, offset, now).items():
-                    args += [k, v]
-            await self._script(keys=[self.key(cid)], args=args, client=pipe)
-        await pipe.execute()
+        for start in range(0, len(items), PER_CALL):
+            keys: list[str] = []
+            records: list[str] = []
+            for cid, offset, state in items[start : start + PER_CALL]:
+                keys.append(prefix + cid)
+                o = str(offset)
+                records.append(o if state is None else join([o, *view_values(state, offset, now)]))
+            pipe.evalsha(sha, len(keys), *keys, self._ttl_ms, *records)
+        try:
+            await pipe.execute()
+        except NoScriptError:
+            await self._redis.script_load(_SCRIPT)
+            await pipe.execute()
         self._on_written(len(items))
 
     async def read(self, customer_id: str) -> dict[str, str]:

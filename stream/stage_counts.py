@@ -61,6 +61,11 @@ class Figures:
 FIGURES = ("customers", "reached", "pairs", "stalled", "touchpoints", "channels", "scored", "score_sum")
 
 
+def _apply(figures: Figures, contributions: list[tuple[str, str, float]], sign: int) -> None:
+    for name, key, amount in contributions:
+        getattr(figures, name)[key] += sign * amount
+
+
 class StageCounts(Collector):
     """Per owned partition, the funnel figures (a lifecycle listener and a collector)."""
 
@@ -80,29 +85,35 @@ class StageCounts(Collector):
     def pairs(self) -> tuple[tuple[str, str], ...]:
         return self._pairs
 
-    def of(self, state: CustomerState) -> Figures:
-        """One customer's contribution."""
-        f = Figures()
-        f.customers[state.stage] = 1
-        for s in state.stages:
-            f.reached[s] = 1
+    def contributions(self, state: CustomerState) -> list[tuple[str, str, float]]:
+        """One customer's contribution: (figure, key, amount) triples (cheaper
+        than a Figures of eight Counters, twice per changed customer)."""
+        stage = state.stage
+        stages = state.stages
+        out: list[tuple[str, str, float]] = [("customers", stage, 1)]
+        out += [("reached", s, 1) for s in stages]
         for a, b in self._pairs:
-            if a in state.stages and not self._onward[b].isdisjoint(state.stages):
-                f.pairs[f"{a}>{b}"] = 1
+            if a in stages and not self._onward[b].isdisjoint(stages):
+                out.append(("pairs", f"{a}>{b}", 1))
         if state.stall is not None:
-            f.stalled[state.stall.stage] = 1
-        for t, n in state.type_counts.items():
-            f.touchpoints[f"{state.stage}|{t}"] = n
-        f.channels[f"{state.stage}|{state.first_touch_channel}"] = 1
+            out.append(("stalled", state.stall.stage, 1))
+        out += [("touchpoints", f"{stage}|{t}", n) for t, n in state.type_counts.items()]
+        out.append(("channels", f"{stage}|{state.first_touch_channel}", 1))
         if state.drift is not None:
-            f.scored[state.stage] = 1
-            f.score_sum[state.stage] = round(state.drift.score * 1000)  # milli-points: exact sums
+            out.append(("scored", stage, 1))
+            out.append(("score_sum", stage, round(state.drift.score * 1000)))  # milli-points: exact sums
+        return out
+
+    def of(self, state: CustomerState) -> Figures:
+        """One customer's contribution as figures."""
+        f = Figures()
+        _apply(f, self.contributions(state), 1)
         return f
 
     def set_partition(self, partition: int, states: Iterable[CustomerState]) -> None:
         part = Figures()
         for s in states:
-            part.add(self.of(s))
+            _apply(part, self.contributions(s), 1)
         self._parts[partition] = part
 
     def update(self, partition: int, before: CustomerState | None, after: CustomerState | None) -> None:
@@ -111,9 +122,9 @@ class StageCounts(Collector):
         if part is None or before is after:
             return
         if before is not None:
-            part.add(self.of(before), -1)
+            _apply(part, self.contributions(before), -1)
         if after is not None:
-            part.add(self.of(after))
+            _apply(part, self.contributions(after), 1)
 
     def totals(self) -> Figures:
         out = Figures(customers=Counter({s: 0 for s in self._stages}))
