@@ -84,16 +84,13 @@ def partition_scan(
     """The one scan of a partition's store when it is ready: every stored
     customer's next deadline for the deadline index, its open nudges back to
     the outbox, and the partition's customers per stage."""
-    from stream.codec import decode_stored
-
     jmap = rt.journey_map
 
     def load(partition: int) -> list[tuple[str, int | None]]:
         started, now = time.monotonic(), clock()
         out: list[tuple[str, int | None]] = []
         states = []
-        for _, raw in rt.store.scan(partition):
-            _, state = decode_stored(raw)
+        for _, state in rt.stored(partition):
             out.append((state.customer_id, deadline_of(jmap, state)))
             states.append(state)
             if state.nudges:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import orjson
 
@@ -40,9 +40,8 @@ from agents.nudges import NudgeDispatcher
 from agents.plan import BatchPlan, plan_batch
 from models.effects import deadline_of
 from models.outputs import ChurnRisk, Nudge, StallRecord
-from models.state import CustomerState
 from stream.batching import PartitionBatches
-from stream.codec import decode_stored, encode_stored
+from stream.codec import encode_stored
 from stream.deadlines import DeadlineIndex
 from stream.faust_compat import BatchRoute, Fetch, aiokafka_producer, install_batch_path
 from stream.nudge_gate import NudgeGate
@@ -95,11 +94,6 @@ class TouchpointsAgent:
 
     def _serving_view(self) -> ServingView:
         rt, s, m = self.rt, self.settings, self.rt.metrics
-
-        def scan(partition: int) -> Iterator[tuple[int, CustomerState]]:
-            for _, raw in rt.store.scan(partition):
-                yield decode_stored(raw)
-
         view = ServingView(
             s.redis_url,
             s.view_prefix,
@@ -108,7 +102,7 @@ class TouchpointsAgent:
             max_pending=s.view_max_pending,
             retry_s=s.view_retry_s,
             clock=self.clock,
-            scan=scan,
+            scan=rt.stored,
             on_written=m.view_writes.inc,
             on_state=lambda up: m.view_up.set(int(up)),
         )

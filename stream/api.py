@@ -290,8 +290,9 @@ def _median(buckets: dict[str, float]) -> float | None:
 
 def funnel(rt: Runtime, parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The funnel from every worker's figures: live counts per stage,
-    conversion between consecutive stages (customers who reached both over
-    those who reached the first), median time in stage, the bottleneck."""
+    conversion between consecutive stages (of the customers who reached the
+    first, those who reached the second or a later one), median time in
+    stage, the bottleneck."""
     from stream.stage_counts import Figures
 
     total = Figures()

@@ -14,7 +14,7 @@ identical before and after a changelog recovery.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,8 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from models.journey_map import JourneyMap, load_map
+from models.state import CustomerState
+from stream.codec import decode_stored
 from stream.faust_compat import TableStore, active_partitions, check_faust_version
 from stream.lifecycle import PartitionLifecycle
 from stream.metrics import TrackerMetrics
@@ -79,6 +81,11 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.store = TableStore(self.customers, self.settings.changelog_topic)
+
+    def stored(self, partition: int) -> Iterator[tuple[int, CustomerState]]:
+        """Every customer stored in one partition: (last offset applied, state)."""
+        for _, raw in self.store.scan(partition):
+            yield decode_stored(raw)
 
     def active_partitions(self) -> list[int]:
         """Partitions of the input topic this worker actively owns (not standby)."""

@@ -53,7 +53,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -145,11 +145,6 @@ def view_values(state: CustomerState, offset: int, now_ms: int) -> list[str]:
     ]
 
 
-def view_fields(state: CustomerState, offset: int, now_ms: int) -> dict[str, str]:
-    """The hash as a mapping (what a reader gets from HGETALL)."""
-    return dict(zip(FIELDS, view_values(state, offset, now_ms), strict=True))
-
-
 @dataclass(frozen=True, slots=True)
 class Pending:
     partition: int
@@ -218,7 +213,11 @@ class ServingView:
             )
             self.pending.clear()
             for p in self.owned:
-                self.resync[p] = min(self.resync.get(p, self._marked.get(p, -1)), self._marked.get(p, -1))
+                self._rewrite_past(p, self._marked.get(p, -1))
+
+    def _rewrite_past(self, partition: int, offset: int) -> None:
+        """Rewrite the partition's customers applied past ``offset`` (-1: all) from the store."""
+        self.resync[partition] = min(self.resync.get(partition, offset), offset)
 
     def _due(self) -> bool:
         return bool(self._unchecked) or time.monotonic() - self._checked_at > MARK_CHECK_S
@@ -260,7 +259,7 @@ class ServingView:
             mark = int(raw) if raw is not None else None
             if p in self._unchecked:  # newly owned: rewrite what the last owner did not write
                 m = mark if mark is not None else -1
-                self.resync[p] = min(self.resync.get(p, m), m)
+                self._rewrite_past(p, m)
                 self._marked[p] = m
             elif mark is None or mark < self._marked.get(p, -1):
                 log.warning(
@@ -270,7 +269,7 @@ class ServingView:
                     mark,
                     self._marked.get(p),
                 )
-                self.resync[p] = -1 if mark is None else mark
+                self._rewrite_past(p, -1 if mark is None else mark)
                 self._marked[p] = -1 if mark is None else mark
         self._unchecked -= set(parts)
         self._checked_at = time.monotonic()
@@ -294,7 +293,7 @@ class ServingView:
                 return
             newer = [(s.customer_id, o, s) for o, s in chunk if o > after]
             if newer:
-                await self._write(newer)  # type: ignore[arg-type]
+                await self._write(newer)
             written += len(newer)
             highest = max([highest, *(o for o, _ in chunk)])
 
@@ -306,7 +305,7 @@ class ServingView:
                 await self._mark_script(keys=[self.prefix], args=[str(p), str(through)])
                 self._marked[p] = through
 
-    async def _write(self, items: list[tuple[str, int, CustomerState | None]]) -> None:
+    async def _write(self, items: Sequence[tuple[str, int, CustomerState | None]]) -> None:
         """Guarded writes, PER_CALL customers per script call, the calls in
         one pipeline. EVALSHA goes straight onto the pipeline (redis-py's
         Script adds a SCRIPT EXISTS round trip); a Redis without the script

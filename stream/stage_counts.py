@@ -104,12 +104,6 @@ class StageCounts(Collector):
             out.append(("score_sum", stage, round(state.drift.score * 1000)))  # milli-points: exact sums
         return out
 
-    def of(self, state: CustomerState) -> Figures:
-        """One customer's contribution as figures."""
-        f = Figures()
-        _apply(f, self.contributions(state), 1)
-        return f
-
     def set_partition(self, partition: int, states: Iterable[CustomerState]) -> None:
         part = Figures()
         for s in states:

@@ -178,6 +178,7 @@ def test_a_flood_of_dead_letters_is_logged_in_summary(monkeypatch: pytest.Monkey
         settings=Settings(dlq_topic="dlq", transitions_topic="t", state_cache_size=10),
         app=None,
         store=SimpleNamespace(get=lambda p, k: None),
+        stored=lambda p: iter(()),
         lifecycle=lifecycle,
         journey_map=MAP,
         metrics=TrackerMetrics.create(CollectorRegistry(), lifecycle),
