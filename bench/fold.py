@@ -3,7 +3,8 @@
 Runs the worker's own per-batch path on one core: ``agents.plan.plan_batch``
 (``parse_touchpoint``, the stored state loaded once per customer and batch,
 ``fold_batch``) and ``stream.codec.encode_stored`` for every changed customer,
-over simulator events in batches, with a dict as the table: once decoding
+over simulator events in batches, with a dict as the table and the garbage
+collector tuned as the worker tunes it (``stream.runtime.tune_gc``): once decoding
 every state from the store, once through the worker's decoded-state cache
 (``stream.state_cache``). Prints the parse rate alone, both, and last
 ``events_per_s: X`` (with the cache, as the worker runs). Not a test.
@@ -26,6 +27,8 @@ from agents.plan import plan_batch  # noqa: E402
 from models import load_map, parse_touchpoint  # noqa: E402
 from stream.codec import encode_stored  # noqa: E402
 from stream.partitioning import key_partition  # noqa: E402
+from stream.runtime import tune_gc  # noqa: E402
+from stream.settings import Settings  # noqa: E402
 from stream.simulator import generate  # noqa: E402
 from stream.state_cache import StateCache  # noqa: E402
 
@@ -84,6 +87,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     args = parser.parse_args()
     recs = records(args.events, args.customers)
+    # The GC as the worker sets it (JOURNEY_GC_THRESHOLD); the input records
+    # are frozen out of it with the start-up objects, as the worker's are never held.
+    tune_gc(Settings().gc_threshold)
     jmap = load_map()
     start = time.perf_counter()
     for r in recs:

@@ -122,13 +122,14 @@ def worker() -> None:
     from agents.touchpoints import attach
     from stream import api, web
     from stream.faust_compat import disable_spinner
-    from stream.runtime import build
+    from stream.runtime import build, tune_gc
 
     rt = build(settings)
     attach(rt)
     web.register(rt)
     api.secure(rt)
     api.register(rt)
+    tune_gc(settings.gc_threshold)
     runner = Worker(rt.app, loglevel=settings.log_level.lower())
     disable_spinner(runner)
     runner.execute_from_commandline()

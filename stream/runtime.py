@@ -13,6 +13,7 @@ identical before and after a changelog recovery.
 
 from __future__ import annotations
 
+import gc
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -126,3 +127,24 @@ def build(settings: Settings, journey_map: JourneyMap | None = None) -> Runtime:
     registry.register(stage_counts)
     lifecycle.add_listener(stage_counts)
     return Runtime(settings, jmap, app, customers, touchpoints, registry, metrics, lifecycle, stage_counts)
+
+
+def tune_gc(threshold: int) -> None:
+    """Make Python's cyclic garbage collector cheap for a worker (``JOURNEY_GC_THRESHOLD``).
+
+    A batch allocates many short-lived objects, and the worker keeps many
+    long-lived ones (the decoded-state cache, Faust and its libraries). At
+    Python's default threshold of 700 the collector ran thousands of times a
+    minute, and each full collection walked every cached state: the fold
+    bench ran at 39k events/s with it and 61k with a threshold of 50,000.
+    What the worker builds at start-up is frozen (``gc.freeze``) so no
+    collection walks it again. The tracker's own data holds no reference
+    cycles, so a rarer collection frees the same memory. 0 leaves Python's
+    defaults.
+    """
+    if threshold <= 0:
+        return
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(threshold, gen1, gen2)

@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     state_cache_size: int = Field(
         100_000, ge=0, description="Decoded customer states a worker keeps between batches (0: none)"
     )
+    gc_threshold: int = Field(
+        50_000,
+        ge=0,
+        description="Python's cyclic GC runs after this many new container objects (Python's default is "
+        "700); the worker freezes its start-up objects out of the GC too. 0: Python's defaults, no freeze",
+    )
     commit_interval_s: float = Field(
         2.8, gt=0, description="How often the worker commits the offsets it has fully processed"
     )
