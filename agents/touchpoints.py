@@ -6,15 +6,15 @@ Faust's consumer hands every fetch of the touchpoints topic to
 
 1. Plan it (``agents.plan.plan_batch``, pure): validate, skip replays by
    offset, fold each customer's new events through the core.
-2. Publish dead letters, transitions, stall, drift and outcome records and
-   wait for the broker's acks.
-3. Write each changed customer once: the changelog first, acked, then the
-   local store with the changelog offset reached.
+2. Produce dead letters, transitions, stall, drift and outcome records, and
+   encode the changelog records while the broker's acks come.
+3. Once those are acked, produce each changed customer's changelog record
+   (one per customer); count the metrics and the stage counts while its acks
+   come; then write the local store with the changelog offset reached.
 4. Put each customer's next deadline in the deadline index, the nudges
    decided in the outbox (``agents.nudges``; sent now if Redis answers), and
    each changed customer in the serving view's pending map
    (``stream.serving_view``: written by its own task, never waited for).
-5. Count it.
 
 Only after all of that does the consumer move the partition's commit
 position past the fetch, and Faust commits it on its interval (after
@@ -40,7 +40,7 @@ from agents.nudges import NudgeDispatcher
 from agents.plan import BatchPlan, plan_batch
 from models.effects import deadline_of
 from models.outputs import ChurnRisk, Nudge, StallRecord
-from stream.batching import PartitionBatches
+from stream.batching import PartitionBatches, Sent
 from stream.codec import encode_stored
 from stream.deadlines import DeadlineIndex
 from stream.faust_compat import BatchRoute, Fetch, aiokafka_producer, install_batch_path
@@ -127,28 +127,36 @@ class TouchpointsAgent:
 
     async def handle(self, fetch: Fetch) -> None:
         plan = self.plan(fetch)
-        await self.publish(plan)
-        await self.store(plan)
+        outputs = await self.publish(plan)
+        # Each wait for the broker's acks overlaps work that needs none:
+        # encoding the changelog while the outputs' acks come, the metrics
+        # and stage counts while the changelog's come. If an ack fails the
+        # worker exits, and what only lived in memory goes with it.
+        changelog = self.changelog(plan)
+        await outputs.acked()
+        written = await changelog.start()
+        self.count(plan)
+        for u in plan.changed:
+            self.stages.update(u.partition, u.before, u.fold.state)
+        self.store(plan, changelog.writes, await written.acked())
         erased = self.follow_up(plan)
         if erased:
             await self.nudges.forget_in_redis(erased)
         await self.nudges.flush(from_batch=True)
         if self.view is not None:
             self.view.kick()
-        self.count(plan)
 
     def follow_up(self, plan: BatchPlan) -> list[str]:
-        """Next deadlines into the index, decided nudges into the outbox; the
-        erased customers' counts and outbox entries go. Returns the erased ids."""
+        """Next deadlines into the index, changed customers into the serving
+        view, decided nudges into the outbox; the erased customers' outbox
+        entries go. Returns the erased ids."""
         jmap = self.rt.journey_map
         erased: list[str] = []
         for u in plan.updates:
             state = u.fold.state
             self.deadlines.set(u.partition, u.customer_id, deadline_of(jmap, state) if state else None)
-            if u.fold.changed:
-                self.stages.update(u.partition, u.before, state)
-                if self.view is not None:
-                    self.view.put(u.partition, u.customer_id, u.last_offset, state)
+            if u.fold.changed and self.view is not None:
+                self.view.put(u.partition, u.customer_id, u.last_offset, state)
             if u.fold.erased:
                 erased.append(u.customer_id)
                 self.nudges.forget(u.customer_id)
@@ -157,9 +165,10 @@ class TouchpointsAgent:
                     self.nudges.submit(u.partition, o)
         return erased
 
-    async def publish(self, plan: BatchPlan) -> None:
-        """Dead letters and transitions, acked. Every record goes to its source
-        partition number (the topics are co-partitioned with the touchpoints)."""
+    async def publish(self, plan: BatchPlan) -> Sent:
+        """Dead letters, transitions and the other outputs, produced; the caller
+        waits for the acks. Every record goes to its source partition number
+        (the topics are co-partitioned with the touchpoints)."""
         settings = self.settings
         out = PartitionBatches(aiokafka_producer(self.rt.app))
         for i, dl in enumerate(plan.dead):
@@ -185,29 +194,33 @@ class TouchpointsAgent:
                 for o in u.fold.outputs:
                     if not isinstance(o, Nudge):  # nudges go through the gate (agents.nudges)
                         out.add(getattr(settings, o.topic), u.partition, key, orjson.dumps(o.to_record()))
-        await out.send()
+        return await out.start()
 
-    async def store(self, plan: BatchPlan) -> None:
-        """The changelog first, acked; then the local store. If the changelog
-        fails the worker exits and nothing local is ahead of what a new owner
-        would recover."""
-        changelog = PartitionBatches(aiokafka_producer(self.rt.app))
-        writes: dict[int, list[tuple[bytes, bytes | None]]] = {}
-        changed = plan.changed
+    def changelog(self, plan: BatchPlan) -> Changelog:
+        """Each changed customer's changelog record, encoded: a tombstone for an
+        erasure (first, so compaction drops the old values), then the new value."""
+        out = Changelog(PartitionBatches(aiokafka_producer(self.rt.app)))
         topic = self.settings.changelog_topic
-        for u in changed:
+        for u in plan.changed:
             key = u.customer_id.encode()
-            if u.fold.erased:  # the tombstone first: compaction drops the old values
-                writes.setdefault(u.partition, []).append((key, None))
-                changelog.add(topic, u.partition, key, None)
+            if u.fold.erased:
+                out.add(topic, u.partition, key, None)
             if u.fold.state is not None:
-                value = encode_stored(u.last_offset, u.fold.state)
-                writes.setdefault(u.partition, []).append((key, value))
-                changelog.add(topic, u.partition, key, value)
-        written = await changelog.send()
+                out.add(topic, u.partition, key, encode_stored(u.last_offset, u.fold.state))
+        return out
+
+    def store(
+        self,
+        plan: BatchPlan,
+        writes: dict[int, list[tuple[bytes, bytes | None]]],
+        written: dict[tuple[str, int], int],
+    ) -> None:
+        """The local store, once the changelog is acked (``written``: its last
+        offsets), so nothing local is ahead of what a new owner would recover."""
+        topic = self.settings.changelog_topic
         for partition, items in writes.items():
             self.rt.store.write(partition, items, written.get((topic, partition)))
-        for u in changed:
+        for u in plan.changed:
             state = u.fold.state
             self.states.stored(u.partition, u.customer_id.encode(), (u.last_offset, state) if state else None)
 
@@ -270,6 +283,22 @@ class TouchpointsAgent:
                 observe(max(0.0, now_s - ts / 1000))
         m.events.labels("applied").inc(applied)
         m.events.labels("duplicate").inc(duplicates)
+
+
+class Changelog:
+    """A batch's changelog records, produced together, and the same writes per
+    partition for the local store."""
+
+    def __init__(self, batches: PartitionBatches) -> None:
+        self.batches = batches
+        self.writes: dict[int, list[tuple[bytes, bytes | None]]] = {}
+
+    def add(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
+        self.writes.setdefault(partition, []).append((key, value))
+        self.batches.add(topic, partition, key, value)
+
+    async def start(self) -> Sent:
+        return await self.batches.start()
 
 
 def attach(

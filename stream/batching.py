@@ -22,7 +22,8 @@ Headers = Sequence[tuple[str, bytes]]
 
 
 class PartitionBatches:
-    """Collects records per (topic, partition); :meth:`send` produces and waits."""
+    """Collects records per (topic, partition); :meth:`send` produces and waits,
+    :meth:`start` produces and leaves the wait to the caller."""
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
@@ -46,10 +47,15 @@ class PartitionBatches:
         self.records += 1
 
     async def send(self) -> dict[tuple[str, int], int]:
-        """Produce every batch and wait for the broker's acks.
+        """Produce every batch and wait for the broker's acks (:meth:`start`, then :meth:`Sent.acked`)."""
+        return await (await self.start()).acked()
 
-        Returns the offset of the last record written per (topic, partition).
-        Raises if any batch fails: the caller must not ack its source events.
+    async def start(self) -> Sent:
+        """Hand every batch to the producer; the acks come later (:meth:`Sent.acked`).
+
+        The caller may do work that needs no ack meanwhile. It must not act
+        on the records as written (ack their source events, say) before
+        :meth:`Sent.acked` returns.
         """
         pending: list[tuple[tuple[str, int], int, asyncio.Future[Any]]] = []
         for (topic, partition), builders in self._builders.items():
@@ -58,10 +64,27 @@ class PartitionBatches:
                 fut = await self._producer.send_batch(builder, topic, partition=partition)
                 pending.append(((topic, partition), count, fut))
         self._builders.clear()
-        last: dict[tuple[str, int], int] = {}
         if pending:
-            results = await asyncio.gather(*(fut for _, _, fut in pending))
-            for (tp, count, _), meta in zip(pending, results, strict=True):
+            for _ in range(3):
+                await asyncio.sleep(0)
+        return Sent(pending)
+
+
+class Sent:
+    """Batches handed to the producer, their acks still to come."""
+
+    def __init__(self, pending: list[tuple[tuple[str, int], int, asyncio.Future[Any]]]) -> None:
+        self._pending = pending
+
+    async def acked(self) -> dict[tuple[str, int], int]:
+        """Wait for the broker's acks; the offset of the last record written per (topic, partition).
+
+        Raises if any batch fails: the caller must not ack its source events.
+        """
+        last: dict[tuple[str, int], int] = {}
+        if self._pending:
+            results = await asyncio.gather(*(fut for _, _, fut in self._pending))
+            for (tp, count, _), meta in zip(self._pending, results, strict=True):
                 end = meta.offset + count - 1
                 if end > last.get(tp, -1):
                     last[tp] = end

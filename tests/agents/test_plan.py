@@ -168,8 +168,8 @@ def test_a_flood_of_dead_letters_is_logged_in_summary(monkeypatch: pytest.Monkey
         def add(self, topic: str, partition: int, *rest: Any) -> None:
             sent.append((topic, partition))
 
-        async def send(self) -> dict[tuple[str, int], int]:
-            return {}
+        async def start(self) -> Any:
+            return SimpleNamespace(acked=lambda: asyncio.sleep(0, {}))
 
     monkeypatch.setattr(agent, "PartitionBatches", Batches)
     monkeypatch.setattr(agent, "aiokafka_producer", lambda app: None)

@@ -74,3 +74,38 @@ def test_a_record_larger_than_a_producer_batch_is_named() -> None:
     producer: Any = SimpleNamespace(create_batch=Full)
     with pytest.raises(RecordTooLarge, match=r"t\[3\] is larger"):
         PartitionBatches(producer).add("t", 3, b"k", b"v" * 10)
+
+
+def test_start_hands_the_batches_over_and_acked_waits_for_them() -> None:
+    class Slow(Recorder):
+        """Acks come only when released, as from a broker."""
+
+        def __init__(self) -> None:
+            super().__init__(max_batch_size=1024)
+            self.futures: list[asyncio.Future[Any]] = []
+
+        async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
+            done = await super().send_batch(batch, topic, partition=partition)
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self.futures.append(fut)
+            fut.meta = done.result()  # type: ignore[attr-defined]
+            return fut
+
+    async def scenario() -> tuple[list[tuple[str, int, int]], bool, dict[tuple[str, int], int]]:
+        rec = Slow()
+        batches = PartitionBatches(rec)  # type: ignore[arg-type]
+        batches.add("t", 0, b"k", b"v")
+        batches.add("t", 0, b"k", b"w")
+        sent = await batches.start()
+        handed = list(rec.sent)  # produced before any ack
+        waiting = asyncio.ensure_future(sent.acked())
+        await asyncio.sleep(0)
+        not_yet = not waiting.done()
+        for fut in rec.futures:
+            fut.set_result(fut.meta)  # type: ignore[attr-defined]
+        return handed, not_yet, await waiting
+
+    handed, not_yet, last = asyncio.run(scenario())
+    assert handed == [("t", 0, 2)]
+    assert not_yet  # acked() waits for the broker
+    assert last == {("t", 0): 1}
