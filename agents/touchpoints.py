@@ -7,10 +7,15 @@ Faust's consumer hands every fetch of the touchpoints topic to
 1. Plan it (``agents.plan.plan_batch``, pure): validate, skip replays by
    offset, fold each customer's new events through the core.
 2. Produce dead letters, transitions, stall, drift and outcome records, and
-   encode the changelog records while the broker's acks come.
-3. Once those are acked, produce each changed customer's changelog record
-   (one per customer); count the metrics and the stage counts while its acks
-   come; then write the local store with the changelog offset reached.
+   encode the changelog records while the broker's acks come. The next
+   fetch plans from the new states from here on (the state cache holds
+   them until they are stored). What follows is the rest of the batch: it
+   runs while the next fetch is fetched and planned, one rest at a time and
+   in fetch order (``stream.faust_compat``).
+3. Once the outputs are acked, produce each changed customer's changelog
+   record (one per customer); count the metrics and the stage counts while
+   its acks come; then write the local store with the changelog offset
+   reached.
 4. Put each customer's next deadline in the deadline index, the nudges
    decided in the outbox (``agents.nudges``; sent now if Redis answers), and
    each changed customer in the serving view's pending map
@@ -31,7 +36,8 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import orjson
 
@@ -47,7 +53,7 @@ from stream.faust_compat import BatchRoute, Fetch, aiokafka_producer, install_ba
 from stream.nudge_gate import NudgeGate
 from stream.runtime import Runtime
 from stream.serving_view import ServingView
-from stream.state_cache import StateCache
+from stream.state_cache import StateCache, Stored
 
 log = logging.getLogger(__name__)
 
@@ -125,20 +131,29 @@ class TouchpointsAgent:
             max_event_bytes=self.settings.max_event_bytes,
         )
 
-    async def handle(self, fetch: Fetch) -> None:
+    async def handle(self, fetch: Fetch) -> Coroutine[Any, Any, None]:
+        """Plan the fetch and produce its outputs; return the rest, which waits
+        for the broker (``stream.faust_compat`` runs it while the next fetch
+        is fetched and planned, one rest at a time and in order)."""
         plan = self.plan(fetch)
         outputs = await self.publish(plan)
         # Each wait for the broker's acks overlaps work that needs none:
         # encoding the changelog while the outputs' acks come, the metrics
-        # and stage counts while the changelog's come. If an ack fails the
-        # worker exits, and what only lived in memory goes with it.
+        # and stage counts while the changelog's come, and the next fetch
+        # throughout. If an ack fails the worker exits, and what only lived
+        # in memory goes with it.
         changelog = self.changelog(plan)
+        return self.finish(plan, outputs, changelog)
+
+    async def finish(self, plan: BatchPlan, outputs: Sent, changelog: Changelog) -> None:
+        """The rest of a batch: the outputs acked, then the changelog, acked,
+        then the local store, the indexes, the nudges and the view."""
         await outputs.acked()
         written = await changelog.start()
         self.count(plan)
         for u in plan.changed:
             self.stages.update(u.partition, u.before, u.fold.state)
-        self.store(plan, changelog.writes, await written.acked())
+        self.store(changelog, await written.acked())
         erased = self.follow_up(plan)
         if erased:
             await self.nudges.forget_in_redis(erased)
@@ -198,31 +213,30 @@ class TouchpointsAgent:
 
     def changelog(self, plan: BatchPlan) -> Changelog:
         """Each changed customer's changelog record, encoded: a tombstone for an
-        erasure (first, so compaction drops the old values), then the new value."""
+        erasure (first, so compaction drops the old values), then the new value.
+        The next batch plans from the new values until they are stored."""
         out = Changelog(PartitionBatches(aiokafka_producer(self.rt.app)))
         topic = self.settings.changelog_topic
         for u in plan.changed:
             key = u.customer_id.encode()
             if u.fold.erased:
                 out.add(topic, u.partition, key, None)
+            stored = None
             if u.fold.state is not None:
-                out.add(topic, u.partition, key, encode_stored(u.last_offset, u.fold.state))
+                stored = (u.last_offset, u.fold.state)
+                out.add(topic, u.partition, key, encode_stored(*stored))
+            self.states.hold(u.partition, key, stored)
+            out.held.append((u.partition, key, stored))
         return out
 
-    def store(
-        self,
-        plan: BatchPlan,
-        writes: dict[int, list[tuple[bytes, bytes | None]]],
-        written: dict[tuple[str, int], int],
-    ) -> None:
+    def store(self, changelog: Changelog, written: dict[tuple[str, int], int]) -> None:
         """The local store, once the changelog is acked (``written``: its last
         offsets), so nothing local is ahead of what a new owner would recover."""
         topic = self.settings.changelog_topic
-        for partition, items in writes.items():
+        for partition, items in changelog.writes.items():
             self.rt.store.write(partition, items, written.get((topic, partition)))
-        for u in plan.changed:
-            state = u.fold.state
-            self.states.stored(u.partition, u.customer_id.encode(), (u.last_offset, state) if state else None)
+        for partition, key, stored in changelog.held:
+            self.states.stored(partition, key, stored)
 
     @property
     def _exit_stages(self) -> frozenset[str]:
@@ -292,6 +306,7 @@ class Changelog:
     def __init__(self, batches: PartitionBatches) -> None:
         self.batches = batches
         self.writes: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        self.held: list[tuple[int, bytes, Stored | None]] = []  # the decoded values, for the cache
 
     def add(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
         self.writes.setdefault(partition, []).append((key, value))

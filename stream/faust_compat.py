@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -74,7 +74,9 @@ def check_faust_version() -> None:
         )
 
 
-BatchHandler = Callable[["Fetch"], Awaitable[None]]
+# A batch handler processes a fetch and may return the rest of its batch: a
+# coroutine that waits for the broker and finishes it (see ``_run_batch``).
+BatchHandler = Callable[["Fetch"], Awaitable[Coroutine[Any, Any, None] | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +115,8 @@ class BatchRoute:
     on_fatal: Callable[[BaseException], None]
     positions: dict[int, int] = field(default_factory=dict)  # partition -> next offset to commit
     epochs: dict[int, int] = field(default_factory=dict)  # partition -> revocations seen
-    inflight: asyncio.Future[None] | None = None  # the batch being processed
+    inflight: asyncio.Future[None] | None = None  # the fetch being handed to the handler
+    completing: asyncio.Future[None] | None = None  # the rest of the last batch handed over
     # partition -> the offset the next fetch must start at (the committed
     # offset after a seek, then one past each processed fetch), and the last
     # gap seen, so that a gap the log really has (transaction markers) is
@@ -327,11 +330,17 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
                     read_offset[tp] = message.offset
 
         async def _run_batch(self, fetch: Fetch) -> None:
-            """Process one fetch to the end, even when cancelled, then move the positions."""
+            """Hand one fetch to the handler and see it through, even when cancelled.
+
+            The handler may return the rest of its batch (what waits for the
+            broker's acks); the rest then runs while the next fetch is
+            fetched and planned, one rest at a time and in fetch order. The
+            commit positions move when a fetch's rest is done.
+            """
             marker = _InFlight()
             self._unacked_messages.add(marker)
             epochs = {p: fetch.epochs.get(p, route.epochs.get(p, 0)) for p in fetch.records}
-            task = route.inflight = asyncio.ensure_future(route.handler(fetch))
+            task = route.inflight = asyncio.ensure_future(self._begin(fetch, epochs, marker))
             cancelled = False
             try:
                 try:
@@ -339,23 +348,63 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
                 except asyncio.CancelledError:
                     cancelled = True  # a shutdown: finish the batch first, then stop
                     await task
+            finally:
+                route.inflight = None
+            if cancelled:
+                await self._finish_inflight()
+                raise asyncio.CancelledError
+
+        async def _begin(self, fetch: Fetch, epochs: Mapping[int, int], marker: _InFlight) -> None:
+            """The handler's first part, then its rest scheduled after the previous one's."""
+            try:
+                rest = await route.handler(fetch)
+            except Exception as exc:
+                self._batch_done(marker)
+                route.on_fatal(exc)
+                raise
+            for p, recs in fetch.records.items():
+                if route.epochs.get(p, 0) == epochs[p]:
+                    route.expected[p] = recs[-1].offset + 1  # where the next fetch must start
+            previous = route.completing
+            if previous is not None:
+                await asyncio.wait({previous})
+                if not previous.cancelled() and previous.exception() is not None:
+                    self._batch_done(marker)
+                    if rest is not None:
+                        rest.close()
+                    raise previous.exception()  # type: ignore[misc]
+            done = route.completing = asyncio.ensure_future(self._complete(fetch, rest, epochs, marker))
+            if rest is None:
+                await done
+
+        async def _complete(
+            self,
+            fetch: Fetch,
+            rest: Coroutine[Any, Any, None] | None,
+            epochs: Mapping[int, int],
+            marker: _InFlight,
+        ) -> None:
+            """The rest of a batch, then its commit positions."""
+            try:
+                if rest is not None:
+                    await rest
             except Exception as exc:
                 route.on_fatal(exc)
                 raise
             finally:
-                route.inflight = None
-                marker.acked = True
-                self._unacked_messages.discard(marker)
-                notify(self._waiting_for_ack)
+                self._batch_done(marker)
             for p, recs in fetch.records.items():
                 if route.epochs.get(p, 0) != epochs[p]:
                     continue  # revoked meanwhile: the new owner replays from the committed offset
                 position = recs[-1].offset + 1
-                route.positions[p] = route.expected[p] = position
+                route.positions[p] = position
                 self._acked.setdefault(TP(fetch.topic, p), [])  # Faust commits the tps it has here
                 route.lifecycle.processed(p, position)
-            if cancelled:
-                raise asyncio.CancelledError
+
+        def _batch_done(self, marker: _InFlight) -> None:
+            marker.acked = True
+            self._unacked_messages.discard(marker)
+            notify(self._waiting_for_ack)
 
         def _new_offset(self, tp: TP) -> int | None:
             """The commit offset: the processed position for the batch topic."""
@@ -407,9 +456,11 @@ def batch_consumer_class(base: type[Consumer], route: BatchRoute) -> type[Consum
             the key. Either way events are lost from the middle or the end of
             a history. So no revocation and no stop goes ahead of it.
             """
-            task = route.inflight
-            if task is not None and not task.done():
-                await asyncio.wait({task})  # neither raises nor cancels the batch
+            while True:
+                pending = {t for t in (route.inflight, route.completing) if t is not None and not t.done()}
+                if not pending:
+                    return
+                await asyncio.wait(pending)  # neither raises nor cancels the batch
 
         async def wait_empty(self) -> None:
             await self._finish_inflight()

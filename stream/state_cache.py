@@ -27,12 +27,19 @@ class StateCache:
         self._read = read
         self._maxsize = maxsize
         self._entries: dict[bytes, tuple[int, Stored | None]] = {}  # key -> (partition, value)
+        # Values planned but not yet in the store (their changelog not yet
+        # acked): never evicted, read before the store, until stored().
+        self._held: dict[bytes, tuple[int, Stored | None]] = {}
         self.hits = self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def load(self, partition: int, key: bytes) -> Stored | None:
+        held = self._held.get(key)
+        if held is not None and held[0] == partition:
+            self.hits += 1
+            return held[1]
         entry = self._entries.get(key)
         if entry is not None and entry[0] == partition:
             self.hits += 1
@@ -43,8 +50,19 @@ class StateCache:
         self._put(partition, key, value)
         return value
 
+    def hold(self, partition: int, key: bytes, value: Stored | None) -> None:
+        """``value`` is the newest for ``key`` but not in the store yet: the next
+        batch plans from it, whatever the cache's size, until :meth:`stored`."""
+        self._held[key] = (partition, value)
+
     def stored(self, partition: int, key: bytes, value: Stored | None) -> None:
-        """``value`` is now in the store for ``key`` (None: the key was erased)."""
+        """``value`` is now in the store for ``key`` (None: the key was erased).
+
+        A hold on the same value object ends; a newer one (a later batch,
+        planned meanwhile) stays."""
+        held = self._held.get(key)
+        if held is not None and held[1] is value:
+            del self._held[key]
         self._put(partition, key, value)
 
     def _put(self, partition: int, key: bytes, value: Stored | None) -> None:
@@ -55,8 +73,9 @@ class StateCache:
             del entries[next(iter(entries))]
 
     def drop_partition(self, partition: int) -> None:
-        for key in [k for k, (p, _) in self._entries.items() if p == partition]:
-            del self._entries[key]
+        for entries in (self._entries, self._held):
+            for key in [k for k, (p, _) in entries.items() if p == partition]:
+                del entries[key]
 
     # PartitionListener
     def on_partition_ready(self, partition: int) -> None:

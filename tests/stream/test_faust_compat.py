@@ -176,6 +176,70 @@ def test_a_failed_fetch_is_fatal_and_never_committed() -> None:
     assert route.positions == {} and c._unacked_messages == set()
 
 
+def test_the_rest_of_a_batch_runs_while_the_next_fetch_is_handled_and_positions_wait_for_it() -> None:
+    log: list[str] = []
+    acks: dict[int, asyncio.Event] = {}
+
+    async def handler(f: Fetch) -> Any:
+        offset = f.records[0][0].offset
+        log.append(f"plan {offset}")
+        acks[offset] = asyncio.Event()
+
+        async def rest() -> None:
+            await acks[offset].wait()  # the broker's acks
+            log.append(f"stored {offset}")
+
+        return rest()
+
+    route = route_with(handler)
+    c = consumer(route)
+
+    async def scenario() -> None:
+        await c._run_batch(fetch(p0=[1]))
+        assert route.positions == {} and route.expected == {0: 2}  # handed over, not yet done
+        assert len(c._unacked_messages) == 1  # wait_empty waits for it
+        second = asyncio.ensure_future(c._run_batch(fetch(p0=[2])))
+        await asyncio.sleep(0.01)
+        assert log == ["plan 1", "plan 2"]  # planned while the first waits for its acks
+        assert not second.done()  # its rest waits for the first's
+        acks[2].set()
+        await asyncio.sleep(0.01)
+        assert log == ["plan 1", "plan 2"]  # in order: the second's rest has not run
+        acks[1].set()
+        await second
+        await c._finish_inflight()
+        assert log == ["plan 1", "plan 2", "stored 1", "stored 2"]
+        assert route.positions == {0: 3} and c._unacked_messages == set()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_rest_is_fatal_never_committed_and_stops_the_next_fetch() -> None:
+    fatal: list[BaseException] = []
+    planned: list[int] = []
+
+    async def handler(f: Fetch) -> Any:
+        planned.append(f.records[0][0].offset)
+
+        async def rest() -> None:
+            raise ConnectionError("broker gone")
+
+        return rest()
+
+    route = route_with(handler, fatal)
+    c = consumer(route)
+
+    async def scenario() -> None:
+        await c._run_batch(fetch(p0=[1]))
+        with pytest.raises(ConnectionError):
+            await c._run_batch(fetch(p0=[2]))
+
+    asyncio.run(scenario())
+    assert len(fatal) == 1 and isinstance(fatal[0], ConnectionError)
+    assert route.positions == {} and c._unacked_messages == set()
+    assert planned == [1, 2]
+
+
 def test_a_failed_commit_is_not_taken_for_done() -> None:
     route = route_with(None)
     route.positions[0] = 50
@@ -377,12 +441,19 @@ class FakeRevokeBase(FakeBase):
 
 
 @pytest.mark.parametrize("call", ["revoke", "wait_empty"])
-def test_no_revocation_or_stop_goes_ahead_of_the_batch_in_hand(call: str) -> None:
+@pytest.mark.parametrize("where", ["handler", "rest"])
+def test_no_revocation_or_stop_goes_ahead_of_the_batch_in_hand(call: str, where: str) -> None:
     events: list[str] = []
 
-    async def handler(f: Fetch) -> None:
+    async def write() -> None:
         await asyncio.sleep(0.05)
         events.append("batch written")
+
+    async def handler(f: Fetch) -> Any:
+        if where == "rest":  # the part that waits for the broker's acks
+            return write()
+        await write()
+        return None
 
     route = route_with(handler)
     c = batch_consumer_class(FakeRevokeBase, route)()  # type: ignore[arg-type]
