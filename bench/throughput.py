@@ -155,9 +155,15 @@ def processed(port: int, ends: dict[int, int]) -> float:
 # makes included; the rest by the first match.
 OURS = (
     ("plan: parse, load, fold", ("plan_batch (", "fold_batch (")),
-    ("store: encode, changelog (acked), local store", ("store (agents/touchpoints.py",)),
+    (
+        "store: encode, changelog (acked), local store",
+        ("changelog (agents/touchpoints.py", "store (agents/touchpoints.py"),
+    ),
     ("publish: transitions, stalls, DLQ (acked)", ("publish (agents/touchpoints.py",)),
-    ("follow-up: deadlines, counts, nudges, view", ("follow_up (", "flush (agents/nudges", "count (agents/")),
+    (
+        "follow-up: deadlines, counts, nudges, view",
+        ("follow_up (", "flush (agents/nudges", "count (agents/", "StageCounts.update ("),
+    ),
     ("view writer (Redis)", ("serving_view.py",)),
     ("clock tick", ("tick (agents/clock.py",)),
 )

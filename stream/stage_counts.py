@@ -66,6 +66,38 @@ def _apply(figures: Figures, contributions: list[tuple[str, str, float]], sign: 
         getattr(figures, name)[key] += sign * amount
 
 
+def _same_stage(part: Figures, before: CustomerState, after: CustomerState) -> None:
+    """:meth:`StageCounts.update` when the stage, the stages reached and the
+    first touch are the same (most changes: events that move nobody). Only
+    the stall, the event counts and the drift score can differ, so only
+    they are counted again (the two contributions' difference, without
+    building them)."""
+    stage = after.stage
+    old_stall = before.stall.stage if before.stall is not None else None
+    new_stall = after.stall.stage if after.stall is not None else None
+    if old_stall != new_stall:
+        if old_stall is not None:
+            part.stalled[old_stall] -= 1
+        if new_stall is not None:
+            part.stalled[new_stall] += 1
+    old_counts, new_counts = before.type_counts, after.type_counts
+    touchpoints = part.touchpoints
+    for t, n in new_counts.items():
+        d = n - old_counts.get(t, 0)
+        if d:
+            touchpoints[f"{stage}|{t}"] += d
+    for t, n in old_counts.items():
+        if t not in new_counts:
+            touchpoints[f"{stage}|{t}"] -= n
+    if before.drift is not after.drift:
+        if before.drift is not None:
+            part.scored[stage] -= 1
+            part.score_sum[stage] -= round(before.drift.score * 1000)
+        if after.drift is not None:
+            part.scored[stage] += 1
+            part.score_sum[stage] += round(after.drift.score * 1000)
+
+
 class StageCounts(Collector):
     """Per owned partition, the funnel figures (a lifecycle listener and a collector)."""
 
@@ -114,6 +146,15 @@ class StageCounts(Collector):
         """A customer's state changed from ``before`` to ``after`` (None: absent or erased)."""
         part = self._parts.get(partition)
         if part is None or before is after:
+            return
+        if (
+            before is not None
+            and after is not None
+            and before.stage == after.stage
+            and before.first_touch_channel == after.first_touch_channel
+            and before.stages == after.stages
+        ):
+            _same_stage(part, before, after)
             return
         if before is not None:
             _apply(part, self.contributions(before), -1)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from models import Touchpoint, fold, load_map
-from models.events import Erase
+from models.events import Clock, Erase
+from models.reducer import fold_batch
+from models.state import CustomerState
 from stream.stage_counts import Figures, StageCounts
+from tests.models.strategies import journeys
 
 MAP = load_map()
 T0 = 1_790_000_000_000
@@ -54,3 +59,26 @@ def test_figures_follow_states_and_forget_revoked_partitions() -> None:
     assert counts.totals().customers["awareness"] == 0
     assert Figures.from_dict(t.to_dict()) == t
     assert fold(MAP, [Erase("x", "e", T0)]) == {}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(journeys(customers=2, max_items=40), st.integers(min_value=1, max_value=7))
+def test_updates_between_any_two_states_equal_counting_them_from_scratch(
+    items: list[Touchpoint | Clock | Erase], step: int
+) -> None:
+    """The same-stage shortcut in update() gives the figures a full recount gives."""
+    counts = StageCounts(MAP.stage_names, [s.name for s in MAP.stages if not s.exit])
+    counts.set_partition(0, [])
+    states: dict[str, CustomerState] = {}
+    for i in range(0, len(items), step):
+        folds = fold_batch(MAP, dict(states), items[i : i + step])  # type: ignore[arg-type]
+        for cid, f in folds.items():
+            before = states.get(cid)
+            if f.state is not None:
+                states[cid] = f.state
+            else:
+                states.pop(cid, None)
+            counts.update(0, before, f.state)
+    scratch = StageCounts(MAP.stage_names, [s.name for s in MAP.stages if not s.exit])
+    scratch.set_partition(0, states.values())
+    assert counts.totals().to_dict() == scratch.totals().to_dict()
