@@ -11,10 +11,13 @@ four methods, each a copy of Faust 0.15's with the change said in its
 docstring:
 
 * ``_drain_messages``: records of the batch topics go, as whole fetched
-  batches per partition, to one handler; its batch counts as an unacked
-  message, so Faust's own ``wait_empty`` waits for it before a rebalance or a
-  shutdown gives up partitions. Records of other topics (table changelogs
-  during recovery and standby) take Faust's path as before.
+  batches per partition, to one handler; the handler may return the rest of
+  its batch (what waits for the broker's acks), which runs while the next
+  fetch is fetched and planned, one rest at a time and in fetch order. A
+  batch counts as an unacked message until its rest is done, so Faust's own
+  ``wait_empty`` waits for it before a rebalance or a shutdown gives up
+  partitions. Records of other topics (table changelogs during recovery and
+  standby) take Faust's path as before.
 * ``_new_offset``: for batch topics, the commit offset is the position after
   the last fully processed batch of the partition, kept here per partition;
   for other topics Faust's, with duplicate acks removed (faust#559).
