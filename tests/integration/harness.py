@@ -160,6 +160,19 @@ class WorkerProcess:
             return "(no log)"
 
 
+def start_ready_pair(
+    settings: Settings, tmp_path: Path, spawn: list[WorkerProcess]
+) -> tuple[WorkerProcess, WorkerProcess]:
+    """Two workers (logs worker-a, worker-b under ``tmp_path``), in ``spawn`` for
+    the teardown, each answering ready on /health."""
+    a = WorkerProcess(settings, tmp_path / "worker-a.log").start()
+    b = WorkerProcess(settings, tmp_path / "worker-b.log").start()
+    spawn += [a, b]
+    a.wait_ready()
+    b.wait_ready()
+    return a, b
+
+
 def wait_processed(settings: Settings, workers: Iterable[WorkerProcess], timeout: float = 180.0) -> None:
     """Until the group has committed every touchpoint (lag 0) and stays there briefly."""
     deadline = time.monotonic() + timeout

@@ -15,6 +15,7 @@ from tests.integration.harness import (
     WorkerProcess,
     make_settings,
     send_messages,
+    start_ready_pair,
     topic_records,
     wait_for,
     wait_processed,
@@ -34,11 +35,7 @@ def test_erasure_leaves_no_trace_and_a_new_journey_can_start(
 ) -> None:
     s = make_settings(tmp_path, partitions=4, map_path=DEMO_MAP, store="rocksdb://")
     ensure_topics(s, tracker_topics(s))
-    a = WorkerProcess(s, tmp_path / "worker-a.log").start()
-    b = WorkerProcess(s, tmp_path / "worker-b.log").start()
-    spawn += [a, b]
-    a.wait_ready()
-    b.wait_ready()
+    a, b = start_ready_pair(s, tmp_path, spawn)
     gone, kept = "erase-me", "keep-me"
     # An abandoned cart each: stalls and cart reminders put keys in Redis.
     send_messages(

@@ -19,6 +19,7 @@ from tests.integration.harness import (
     WorkerProcess,
     make_settings,
     send_messages,
+    start_ready_pair,
     stored_states,
     wait_for,
     wait_processed,
@@ -59,11 +60,7 @@ def test_funnel_over_two_workers_and_the_map_in_a_browser(spawn: list[WorkerProc
 
     s = make_settings(tmp_path, partitions=4, api_token=TOKEN)
     ensure_topics(s, tracker_topics(s))
-    a = WorkerProcess(s, tmp_path / "worker-a.log").start()
-    b = WorkerProcess(s, tmp_path / "worker-b.log").start()
-    spawn += [a, b]
-    a.wait_ready()
-    b.wait_ready()
+    a, b = start_ready_pair(s, tmp_path, spawn)
     wait_for(
         "both workers to own partitions",
         lambda: all(len((w.health() or {}).get("partitions", [])) == 2 for w in (a, b)),
