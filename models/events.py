@@ -18,6 +18,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from models.frozen import fast_init
 from models.journey_map import JourneyMap
 from models.timeutil import iso_to_ms
 
@@ -42,6 +43,7 @@ REASONS: Final = (
 _REQUIRED: Final = ("event_id", "customer_id", "type", "channel", "timestamp")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Touchpoint:
     """One valid touchpoint. ``ts`` is event time in epoch milliseconds."""

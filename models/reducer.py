@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 
 from models.effects import Extras, on_clock, on_event
 from models.events import Clock, Erase, Touchpoint
+from models.frozen import fast_init
 from models.journey_map import JourneyMap, Stage
 from models.outputs import Erased, Output
 from models.state import DEDUP_WINDOW, CustomerState, Transition
@@ -38,6 +39,7 @@ Item = Touchpoint | Clock | Erase
 CLOCK_CHANNEL = "clock"  # the channel of a transition a clock reading caused
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Step:
     """The result of applying one event."""

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import orjson
 
+from models.frozen import fast_init
 from models.timeutil import ms_to_iso
 
 # How many recent event ids a customer keeps for de-duplication. A redelivered
@@ -27,6 +28,7 @@ SIGNALS_KEPT: Final = 8
 NUDGES_KEPT: Final = 5
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Stall:
     """An open stall episode: the customer sat in ``stage`` past its threshold."""
@@ -38,6 +40,7 @@ class Stall:
     detected_at: int  # the worker clock that found it
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Drift:
     """A customer's drift score toward loyalty (up) or defection (down)."""
@@ -49,6 +52,7 @@ class Drift:
     signals: tuple[tuple[str, float, int], ...] = ()  # last hits: (signal, change, event time)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NudgeRef:
     """A nudge the core decided for a customer, and its outcome once known."""
@@ -62,6 +66,7 @@ class NudgeRef:
     outcome: str | None = None  # None while open; "converted" or "not_converted"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CustomerState:
     """Where one customer is in the journey, and what it took to get there."""
@@ -207,6 +212,7 @@ def transition_id(customer_id: str, event_id: str) -> str:
     return digest.hexdigest()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Transition:
     """A customer moved from one stage to another (``from_stage`` None: first touch)."""
