@@ -17,7 +17,12 @@ With ``--profile FILE`` py-spy samples the worker while it applies the
 events (collapsed stacks in FILE) and a breakdown of its time is printed
 before the ratio: where a worker's time per event goes.
 
-    .venv/bin/python bench/throughput.py [--customers 20000] [--seed 1] [--profile FILE]
+With ``--quix PYTHON`` (an interpreter with Quix Streams installed, see
+``bench/quix_reducer.py``) Quix Streams runs a small journey reducer on the
+same topic too, and ``worker / quix`` is printed before the ratio: the
+comparison the aim of issue 9 is stated against, measured in the same run.
+
+    .venv/bin/python bench/throughput.py [--customers 20000] [--seed 1] [--profile FILE] [--quix PYTHON]
 """
 
 from __future__ import annotations
@@ -129,6 +134,29 @@ async def bare_fold(settings: Settings, total: int) -> float:
         return seen / (time.perf_counter() - started)
     finally:
         await consumer.stop()
+
+
+def quix(python: str, settings: Settings, total: int, workdir: Path) -> tuple[float, float]:
+    """Events per second for Quix Streams running ``bench/quix_reducer.py`` under ``python``:
+    to the end of its last checkpoint (its writes done), and to its last record."""
+    script = Path(__file__).with_name("quix_reducer.py")
+    out = subprocess.run(
+        [
+            python,
+            str(script),
+            ",".join(settings.bootstrap_servers),
+            settings.touchpoints_topic,
+            str(total),
+            str(workdir / "quix"),
+        ],
+        capture_output=True,
+        timeout=900,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"quix_reducer.py exited {out.returncode}: {out.stderr.decode()[-2000:]}")
+    result = orjson.loads(out.stdout.splitlines()[-1])
+    return float(result["events_per_s"]), float(result["to_last_record_per_s"])
 
 
 def processed(port: int, ends: dict[int, int]) -> float:
@@ -245,6 +273,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--profile", type=Path, help="sample the worker with py-spy into this file")
+    parser.add_argument("--quix", metavar="PYTHON", help="an interpreter with quixstreams: run it too")
     args = parser.parse_args()
 
     run = f"bench-{uuid.uuid4().hex[:8]}"
@@ -270,6 +299,12 @@ def main() -> None:
     print(f"bare parse-only consumer (aiokafka + orjson): {bare:,.0f} events/s")
     fold = asyncio.run(bare_fold(settings, total))
     print(f"bare consumer running fold_batch into a dict (our reducer's ceiling): {fold:,.0f} events/s")
+    quix_rate = quix(args.quix, settings, total, workdir) if args.quix else None
+    if quix_rate is not None:
+        print(
+            "Quix Streams running a small reducer (RocksDB state, at-least-once): "
+            f"{quix_rate[0]:,.0f} events/s to its last checkpoint ({quix_rate[1]:,.0f} to its last record)"
+        )
     offsets = group_offsets(settings, settings.app_id, settings.touchpoints_topic)
     ends = {p: end for p, (_, end) in offsets.items()}
     ours = tracker(settings, ends, workdir, args.profile)
@@ -278,6 +313,8 @@ def main() -> None:
         print(f"worker profile (py-spy, {args.profile}): share of busy samples, all threads")
         for area, share in profile_areas(args.profile):
             print(f"  {share:6.1%}  {area}")
+    if quix_rate is not None:
+        print(f"worker / quix: {ours / quix_rate[0]:.2f}")
     print(f"ratio: {ours / bare:.3f}")
 
 
