@@ -6,8 +6,10 @@ Quix Streams (not a project dependency; ``python3 -m venv /tmp/qx &&
 pick instead of this project: RocksDB state with a changelog topic,
 at-least-once. Per record: parse the value with orjson, skip what is not a
 JSON object with a string ``type``; per customer in state: a stage that
-only moves forward, an event count and the last 16 event ids (duplicates
-change nothing). Needs only the standard library, orjson and quixstreams.
+only moves forward (``RANKS_JSON``: the stage index of each event type that
+enters a stage, which ``throughput.py`` takes from the default map), an
+event count and the last 16 event ids (duplicates change nothing). Needs
+only the standard library, orjson and quixstreams.
 
 Prints one JSON line: ``{"events": N, "events_per_s": X, "to_last_record_per_s": Y}``.
 X runs from the first record to the end of ``Application.run``, after the
@@ -16,7 +18,7 @@ last checkpoint: Quix writes state and changelog at each checkpoint (every
 count its writes; it includes leaving the group, a fraction of a second.
 Y stops at the last record, with its state not yet written.
 
-    PYTHON bench/quix_reducer.py BROKER TOPIC TOTAL STATE_DIR
+    PYTHON bench/quix_reducer.py BROKER TOPIC TOTAL STATE_DIR RANKS_JSON
 """
 
 from __future__ import annotations
@@ -29,35 +31,11 @@ from typing import Any
 import orjson
 from quixstreams import Application, State
 
-# The default map's stage index of each event type that enters a stage (models/default_map.yaml).
-RANK = {
-    "ad_click": 0,
-    "app_open": 0,
-    "email_open": 0,
-    "newsletter_signup": 0,
-    "page_view": 0,
-    "social_engagement": 0,
-    "store_visit": 0,
-    "call_inbound": 1,
-    "chat_question": 1,
-    "email_click": 1,
-    "price_compare": 1,
-    "product_view": 1,
-    "review_read": 1,
-    "search": 1,
-    "add_to_cart": 2,
-    "checkout_started": 2,
-    "purchase": 3,
-    "complaint": 4,
-    "return_requested": 4,
-    "support_ticket": 4,
-    "account_closed": 6,
-    "unsubscribe": 6,
-}
-
 
 def main() -> None:
     broker, topic_name, total, state_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    # The map's stage index of each event type that enters a stage, from the caller.
+    rank_of: dict[str, int] = orjson.loads(sys.argv[5])
     app = Application(
         broker_address=broker,
         consumer_group=f"bench-quix-{uuid.uuid4().hex[:8]}",
@@ -88,7 +66,7 @@ def main() -> None:
         recent: list[str] = state.get("recent", [])
         if ev.get("event_id") in recent:
             return
-        rank = RANK.get(ev["type"], 0)
+        rank = rank_of.get(ev["type"], 0)
         if rank > state.get("rank", -1):
             state.set("rank", rank)
         state.set("events", state.get("events", 0) + 1)

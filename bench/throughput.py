@@ -139,7 +139,10 @@ async def bare_fold(settings: Settings, total: int) -> float:
 def quix(python: str, settings: Settings, total: int, workdir: Path) -> tuple[float, float]:
     """Events per second for Quix Streams running ``bench/quix_reducer.py`` under ``python``:
     to the end of its last checkpoint (its writes done), and to its last record."""
+    from models.journey_map import load_map
+
     script = Path(__file__).with_name("quix_reducer.py")
+    ranks = {etype: stage.index for etype, stage in load_map().entry_stage.items()}
     out = subprocess.run(
         [
             python,
@@ -148,6 +151,7 @@ def quix(python: str, settings: Settings, total: int, workdir: Path) -> tuple[fl
             settings.touchpoints_topic,
             str(total),
             str(workdir / "quix"),
+            orjson.dumps(ranks).decode(),
         ],
         capture_output=True,
         timeout=900,
