@@ -12,18 +12,27 @@ each partition's offset order:
 3. Fold each customer's new events through the core in arrival order
    (``models.reducer.fold_batch``): one state and its transitions per customer.
 
-If the core raises, customers are folded one by one and the events of any
-customer that still fails are dead-lettered as ``processing_error``.
+4. Build what each fold turns into bytes: output records, the changelog
+   value, the next deadline.
+
+Steps 3 and 4 run per customer, isolated: if anything raises for one
+customer, that customer's events in the batch are dead-lettered as
+``processing_error`` and its stored state stays as it was. One customer's
+data never stops the worker.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import orjson
+
+from models.effects import deadline_of
 from models.events import (
     CLOCK_HEADER,
     ERASE_HEADER,
@@ -36,8 +45,10 @@ from models.events import (
     parse_touchpoint,
 )
 from models.journey_map import JourneyMap
-from models.reducer import CustomerFold, fold_batch
+from models.outputs import Nudge
+from models.reducer import CustomerFold, fold_customer
 from models.state import CustomerState
+from stream.codec import encode_stored
 from stream.partitioning import key_partition
 
 log = logging.getLogger(__name__)
@@ -58,6 +69,8 @@ class SourceRecord(Protocol):
     def value(self) -> bytes | None: ...
     @property
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
+    @property
+    def timestamp(self) -> int | None: ...
 
 
 def internal_kind(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
@@ -98,6 +111,10 @@ class CustomerUpdate:
     fold: CustomerFold
     last_offset: int  # source offset of the customer's last event in the batch
     before: CustomerState | None = None  # the stored state the batch folded from
+    # Built inside the customer's isolation (plan_batch):
+    records: list[tuple[str, bytes]] = field(default_factory=list)  # (settings topic field, value)
+    encoded: bytes | None = None  # the changelog value, if the state changed and is kept
+    deadline: int | None = None  # the next clock deadline of the new state
 
 
 @dataclass(slots=True)
@@ -128,26 +145,33 @@ def plan_batch(
     *,
     partitions: int,
     max_event_bytes: int,
+    max_future_ms: int | None = None,
 ) -> BatchPlan:
     """Validate, skip replays and fold one fetch. ``load(partition, key)``
-    returns a customer's stored offset and state, or None."""
+    returns a customer's stored offset and state, or None. An event time
+    later than its record's Kafka timestamp plus ``max_future_ms`` is
+    refused (``in_future``)."""
     out = BatchPlan()
-    accepted: list[tuple[Touchpoint | Clock | Erase, SourceRecord]] = []
+    runs: dict[str, list[tuple[Touchpoint | Clock | Erase, SourceRecord]]] = {}
     stored: dict[str, tuple[int, CustomerState] | None] = {}
-    where: dict[str, tuple[int, int]] = {}  # customer -> (partition, last offset)
     homes: dict[str, int] = {}  # customer -> the partition its key belongs on
     dead = out.dead
     for partition, recs in records.items():
         for rec in recs:
             parsed: Touchpoint | Clock | Erase | Rejection
+            not_after = None
+            if max_future_ms is not None and rec.timestamp is not None and rec.timestamp >= 0:
+                not_after = rec.timestamp + max_future_ms
             kind = internal_kind(rec.headers)
             if kind == CLOCK_HEADER:
-                parsed = parse_clock(rec.value, rec.key)
+                parsed = parse_clock(rec.value, rec.key, not_after)
                 out.clocks += 1
             elif kind == ERASE_HEADER:
                 parsed = parse_erase(rec.value, rec.key)
             else:
-                parsed = parse_touchpoint(rec.value, jmap, key=rec.key, max_bytes=max_event_bytes)
+                parsed = parse_touchpoint(
+                    rec.value, jmap, key=rec.key, max_bytes=max_event_bytes, not_after=not_after
+                )
             if isinstance(parsed, Rejection):
                 dead.append(DeadLetter(rec, parsed.reason, parsed.detail))
                 continue
@@ -168,38 +192,77 @@ def plan_batch(
             if prior is not None and rec.offset <= prior[0]:
                 out.replayed += 1
                 continue
-            accepted.append((parsed, rec))
-            where[cid] = (partition, rec.offset)
-            if isinstance(parsed, Touchpoint):
-                out.by_type[parsed.type, parsed.channel] += 1
-                out.event_times.append(parsed.ts)
-    states = {cid: (s[1] if s is not None else None) for cid, s in stored.items()}
-    try:
-        folds = fold_batch(jmap, states, (tp for tp, _ in accepted))
-    except Exception:
-        log.exception("the journey core raised; isolating the failing customers")
-        folds = _fold_isolating_failures(jmap, accepted, states, dead)
-    out.updates = [
-        CustomerUpdate(cid, where[cid][0], fold, where[cid][1], states.get(cid))
-        for cid, fold in folds.items()
-    ]
+            run = runs.get(cid)
+            if run is None:
+                run = runs[cid] = []
+            run.append((parsed, rec))
+    updates = out.updates
+    for cid, run in runs.items():
+        prior = stored[cid]
+        before = prior[1] if prior is not None else None
+        last = run[-1][1]
+        try:
+            fold = fold_customer(jmap, before, [item for item, _ in run])
+            update = CustomerUpdate(cid, last.partition, fold, last.offset, before)
+            _build(jmap, update)
+        except Exception as exc:
+            # One customer's data never stops the worker: its events of this
+            # batch go to the dead-letter topic, its stored state stays.
+            _PROCESSING_ERRORS.log(cid, exc)
+            detail = f"the tracker could not apply this customer's events: {exc!r}"[:500]
+            for _, rec in run:
+                dead.append(DeadLetter(rec, "processing_error", detail))
+            continue
+        updates.append(update)
+        for item, _ in run:
+            if isinstance(item, Touchpoint):
+                out.by_type[item.type, item.channel] += 1
+                out.event_times.append(item.ts)
     return out
 
 
-def _fold_isolating_failures(
-    jmap: JourneyMap,
-    accepted: Iterable[tuple[Touchpoint | Clock | Erase, SourceRecord]],
-    states: dict[str, CustomerState | None],
-    dead: list[DeadLetter],
-) -> dict[str, CustomerFold]:
-    runs: dict[str, list[tuple[Touchpoint | Clock | Erase, SourceRecord]]] = {}
-    for tp, rec in accepted:
-        runs.setdefault(tp.customer_id, []).append((tp, rec))
-    folds: dict[str, CustomerFold] = {}
-    for cid, run in runs.items():
-        try:
-            folds.update(fold_batch(jmap, {cid: states.get(cid)}, (tp for tp, _ in run)))
-        except Exception as exc:
-            for _, rec in run:
-                dead.append(DeadLetter(rec, "processing_error", repr(exc)[:500]))
-    return folds
+def _build(jmap: JourneyMap, u: CustomerUpdate) -> None:
+    """Everything the customer's fold turns into bytes or index entries: the
+    output records, the changelog value, the next deadline. Done here, inside
+    the customer's isolation, so nothing later can raise on its data."""
+    fold = u.fold
+    state = fold.state
+    records = u.records
+    for t in fold.transitions:
+        records.append(("transitions_topic", orjson.dumps(t.to_record())))
+    for o in fold.outputs:
+        if isinstance(o, Nudge):  # goes through the gate (agents.nudges); checked here all the same
+            o.to_record(sent_at=o.created_at)
+        else:
+            records.append((o.topic, orjson.dumps(o.to_record())))
+    if state is not None:
+        if fold.changed:
+            u.encoded = encode_stored(u.last_offset, state)
+        u.deadline = deadline_of(jmap, state)
+
+
+class _ErrorLog:
+    """Logs a repeated failure once per interval, with how many there were."""
+
+    def __init__(self, what: str, every_s: float = 60.0) -> None:
+        self.what, self.every_s = what, every_s
+        self.count = 0
+        self.last = float("-inf")
+
+    def log(self, subject: str, exc: BaseException) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            log.error(
+                "%s (%d since the last report); the latest: customer %r: %r",
+                self.what,
+                self.count,
+                subject[:64],
+                exc,
+                exc_info=exc,
+            )
+            self.count = 0
+
+
+_PROCESSING_ERRORS = _ErrorLog("the journey core raised for a customer, its events are dead-lettered")

@@ -39,15 +39,11 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import orjson
-
 from agents.clock import ClockTicker, partition_scan, wall_clock_ms
 from agents.nudges import NudgeDispatcher
 from agents.plan import BatchPlan, plan_batch
-from models.effects import deadline_of
 from models.outputs import ChurnRisk, Nudge, StallRecord
 from stream.batching import PartitionBatches, Sent
-from stream.codec import encode_stored
 from stream.deadlines import DeadlineIndex
 from stream.faust_compat import BatchRoute, Fetch, aiokafka_producer, install_batch_path
 from stream.nudge_gate import NudgeGate
@@ -129,6 +125,7 @@ class TouchpointsAgent:
             self.states.load,
             partitions=self.settings.partitions,
             max_event_bytes=self.settings.max_event_bytes,
+            max_future_ms=int(self.settings.max_future_s * 1000),
         )
 
     async def handle(self, fetch: Fetch) -> Coroutine[Any, Any, None]:
@@ -165,11 +162,10 @@ class TouchpointsAgent:
         """Next deadlines into the index, changed customers into the serving
         view, decided nudges into the outbox; the erased customers' outbox
         entries go. Returns the erased ids."""
-        jmap = self.rt.journey_map
         erased: list[str] = []
         for u in plan.updates:
             state = u.fold.state
-            self.deadlines.set(u.partition, u.customer_id, deadline_of(jmap, state) if state else None)
+            self.deadlines.set(u.partition, u.customer_id, u.deadline)
             if u.fold.changed and self.view is not None:
                 self.view.put(u.partition, u.customer_id, u.last_offset, state)
             if u.fold.erased:
@@ -202,13 +198,10 @@ class TouchpointsAgent:
             rest = Counter(dl.reason for dl in plan.dead[LOGGED_DEAD_LETTERS:])
             log.warning("%d more dead letters in this batch: %s", sum(rest.values()), dict(rest))
         for u in plan.updates:
-            if u.fold.transitions or u.fold.outputs:
+            if u.records:  # built by the planner; nudges go through the gate (agents.nudges)
                 key = u.customer_id.encode()
-                for t in u.fold.transitions:
-                    out.add(settings.transitions_topic, u.partition, key, orjson.dumps(t.to_record()))
-                for o in u.fold.outputs:
-                    if not isinstance(o, Nudge):  # nudges go through the gate (agents.nudges)
-                        out.add(getattr(settings, o.topic), u.partition, key, orjson.dumps(o.to_record()))
+                for topic, value in u.records:
+                    out.add(getattr(settings, topic), u.partition, key, value)
         return await out.start()
 
     def changelog(self, plan: BatchPlan) -> Changelog:
@@ -222,9 +215,9 @@ class TouchpointsAgent:
             if u.fold.erased:
                 out.add(topic, u.partition, key, None)
             stored = None
-            if u.fold.state is not None:
+            if u.fold.state is not None and u.encoded is not None:
                 stored = (u.last_offset, u.fold.state)
-                out.add(topic, u.partition, key, encode_stored(*stored))
+                out.add(topic, u.partition, key, u.encoded)
             self.states.hold(u.partition, key, stored)
             out.held.append((u.partition, key, stored))
         return out

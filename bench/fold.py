@@ -36,11 +36,12 @@ PARTITIONS = 8
 
 
 class Rec:
-    __slots__ = ("headers", "key", "offset", "partition", "topic", "value")
+    __slots__ = ("headers", "key", "offset", "partition", "timestamp", "topic", "value")
 
     def __init__(self, partition: int, offset: int, key: bytes | None, value: bytes) -> None:
         self.topic, self.partition, self.offset, self.key, self.value = "t", partition, offset, key, value
         self.headers: tuple[tuple[str, bytes], ...] = ()
+        self.timestamp: int | None = None
 
 
 def records(events: int, customers: int) -> list[Rec]:

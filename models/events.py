@@ -13,6 +13,7 @@ to the dead-letter topic with the original bytes. Parsing never raises.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -20,10 +21,18 @@ import orjson
 
 from models.frozen import fast_init
 from models.journey_map import JourneyMap
-from models.timeutil import iso_to_ms
+from models.timeutil import MAX_MS, MIN_MS, in_range, iso_to_ms, ms_to_iso
 
 MAX_ID_LEN: Final = 128
 DEFAULT_MAX_BYTES: Final = 64 * 1024
+# Keys the table store keeps for itself (Faust's persisted offsets): a
+# customer id may not begin with it.
+RESERVED_ID_PREFIX: Final = "__faust"
+# C0 and C1 control characters (NUL, newline, escape, DEL...): never in an id.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+TIME_RANGE_DETAIL: Final = (
+    f"timestamp must lie from {ms_to_iso(MIN_MS)} up to (not including) {ms_to_iso(MAX_MS)}"
+)
 
 # Every reason a message can be rejected for. Stable: dashboards and the apps
 # reading the dead-letter topic match on these strings.
@@ -37,8 +46,13 @@ REASONS: Final = (
     "unknown_channel",  # the map does not know the channel
     "key_mismatch",  # the Kafka key is not the event's customer_id
     "wrong_partition",  # the key is not on the partition Kafka's default partitioner picks
+    "in_future",  # the event time is more than JOURNEY_MAX_FUTURE_S after the record's own time
     "processing_error",  # the core raised on this event: a bug, kept instead of lost
 )
+
+# How deep properties may nest: anything the tracker writes back out (orjson
+# refuses past 255 levels) stays well inside it.
+MAX_DEPTH: Final = 32
 
 _REQUIRED: Final = ("event_id", "customer_id", "type", "channel", "timestamp")
 
@@ -77,13 +91,60 @@ class Rejection:
     detail: str
 
 
+def _depth(value: object, level: int = 1) -> int:
+    """How deep ``value`` nests (an object or array counts one level), up to ``MAX_DEPTH + 1``."""
+    if isinstance(value, dict):
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return level - 1
+    if level > MAX_DEPTH:
+        return level
+    return max((_depth(v, level + 1) for v in children), default=level)
+
+
+def id_problem(value: object, name: str) -> str | None:
+    """Why ``value`` cannot be an id (event, customer), or None if it can."""
+    if not isinstance(value, str) or not value:
+        return f"{name} must be a non-empty string"
+    if len(value) > MAX_ID_LEN:
+        return f"{name} is longer than {MAX_ID_LEN} characters"
+    if _CONTROL.search(value) is not None:
+        return f"{name} has a control character"
+    if name != "event_id" and value.startswith(RESERVED_ID_PREFIX):
+        return f"{name} may not begin with {RESERVED_ID_PREFIX!r} (reserved by the table store)"
+    return None
+
+
 def _id_field(obj: dict[str, Any], name: str) -> str | Rejection:
     value = obj[name]
-    if not isinstance(value, str) or not value:
-        return Rejection("bad_field", f"{name} must be a non-empty string")
-    if len(value) > MAX_ID_LEN:
-        return Rejection("bad_field", f"{name} is longer than {MAX_ID_LEN} characters")
+    problem = id_problem(value, name)
+    if problem is not None:
+        return Rejection("bad_field", problem)
     return value
+
+
+def _time_field(stamp: object, not_after: int | None) -> int | Rejection:
+    """An event time in epoch ms from either form, in range and not too far ahead."""
+    ts: int | None
+    if isinstance(stamp, bool):
+        ts = None
+    elif isinstance(stamp, int):
+        ts = stamp
+    elif isinstance(stamp, str):
+        ts = iso_to_ms(stamp)
+    else:
+        ts = None
+    if ts is None:
+        return Rejection("bad_field", "timestamp must be ISO-8601 with a zone, or epoch milliseconds")
+    if not in_range(ts):
+        return Rejection("bad_field", TIME_RANGE_DETAIL)
+    if not_after is not None and ts > not_after:
+        return Rejection(
+            "in_future", f"timestamp {ms_to_iso(ts)} is after {ms_to_iso(not_after)} (JOURNEY_MAX_FUTURE_S)"
+        )
+    return ts
 
 
 def parse_touchpoint(
@@ -92,12 +153,16 @@ def parse_touchpoint(
     *,
     key: bytes | Literal[False] | None = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    not_after: int | None = None,
 ) -> Touchpoint | Rejection:
     """Validate one message against the contract and the map.
 
     ``key`` is the Kafka message key (None: the message had none); it must
     equal the ``customer_id`` (UTF-8), so that a customer's events share a
     partition. ``False`` skips the key check (for events read from files).
+    ``not_after`` (epoch ms) is the latest event time accepted: the worker
+    passes the record's own Kafka timestamp plus ``JOURNEY_MAX_FUTURE_S``, so
+    a replay judges the record as the first reading did.
     """
     if raw is None:
         return Rejection("not_json", "the message has no value")
@@ -131,22 +196,17 @@ def parse_touchpoint(
     if channel not in jmap.channels:
         return Rejection("unknown_channel", f"the map {jmap.name!r} has no channel {channel[:64]!r}")
 
-    stamp = obj["timestamp"]
-    ts: int | None
-    if isinstance(stamp, bool):
-        ts = None
-    elif isinstance(stamp, int):
-        ts = stamp if 0 <= stamp < 253402300800000 else None  # before year 10000
-    elif isinstance(stamp, str):
-        ts = iso_to_ms(stamp)
-    else:
-        ts = None
-    if ts is None:
-        return Rejection("bad_field", "timestamp must be ISO-8601 with a zone, or epoch milliseconds")
+    ts = _time_field(obj["timestamp"], not_after)
+    if isinstance(ts, Rejection):
+        return ts
 
     props = obj.get("properties")
-    if props is not None and not isinstance(props, dict):
-        return Rejection("bad_field", "properties must be an object")
+    if props is not None:
+        if not isinstance(props, dict):
+            return Rejection("bad_field", "properties must be an object")
+        # Counting brackets is cheap; only a message with many walks the tree.
+        if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth(props) > MAX_DEPTH:
+            return Rejection("bad_field", f"properties nest deeper than {MAX_DEPTH} levels")
 
     if key is not False and key != customer_id.encode():
         return Rejection("key_mismatch", "the message key must be the customer_id")
@@ -183,16 +243,21 @@ def _json_object(raw: bytes | None, what: str) -> dict[str, Any] | Rejection:
     return obj
 
 
-def parse_clock(raw: bytes | None, key: bytes | None) -> Clock | Rejection:
-    """Validate a clock record (one with the :data:`CLOCK_HEADER` header)."""
+def parse_clock(raw: bytes | None, key: bytes | None, not_after: int | None = None) -> Clock | Rejection:
+    """Validate a clock record (one with the :data:`CLOCK_HEADER` header);
+    ``not_after`` as for :func:`parse_touchpoint`."""
     obj = _json_object(raw, "a clock record")
     if isinstance(obj, Rejection):
         return obj
     now, cid = obj.get("clock"), obj.get("customer_id")
-    if isinstance(now, bool) or not isinstance(now, int) or not 0 <= now < 253402300800000:
-        return Rejection("bad_field", "clock must be epoch milliseconds")
-    if not isinstance(cid, str) or not cid or len(cid) > MAX_ID_LEN:
-        return Rejection("bad_field", "customer_id must be a non-empty string")
+    if isinstance(now, bool) or not isinstance(now, int) or not in_range(now):
+        return Rejection("bad_field", "clock must be epoch milliseconds in the tracker's time range")
+    if not_after is not None and now > not_after:
+        return Rejection("in_future", f"clock {ms_to_iso(now)} is after {ms_to_iso(not_after)}")
+    problem = id_problem(cid, "customer_id")
+    if problem is not None:
+        return Rejection("bad_field", problem)
+    assert isinstance(cid, str)
     if key is not None and key != cid.encode():
         return Rejection("key_mismatch", "the message key must be the customer_id")
     return Clock(cid, now)
@@ -222,10 +287,14 @@ def parse_erase(raw: bytes | None, key: bytes | None) -> Erase | Rejection:
     if isinstance(obj, Rejection):
         return obj
     cid, eid, at = obj.get("erase"), obj.get("erasure_id"), obj.get("at")
-    if not isinstance(cid, str) or not cid or len(cid) > MAX_ID_LEN:
+    if id_problem(cid, "erase") is not None:
         return Rejection("bad_field", "erase must be the customer id")
-    if not isinstance(eid, str) or not eid or isinstance(at, bool) or not isinstance(at, int):
+    assert isinstance(cid, str)
+    if id_problem(eid, "erasure_id") is not None or isinstance(at, bool) or not isinstance(at, int):
         return Rejection("bad_field", "erasure_id and at are required")
+    assert isinstance(eid, str)
+    if not in_range(at):
+        return Rejection("bad_field", "at must be epoch milliseconds in the tracker's time range")
     if key is not None and key != cid.encode():
         return Rejection("key_mismatch", "the message key must be the customer_id")
     return Erase(cid, eid, at)

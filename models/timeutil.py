@@ -9,6 +9,18 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
+# The one range of event times, for both timestamp forms (ISO-8601 and epoch
+# milliseconds): 1970-01-01T00:00:00Z up to, not including,
+# 3000-01-01T00:00:00Z. Every later step adds at most a map's thresholds to a
+# time in it and formats the result, and stays far inside datetime's year 9999.
+MIN_MS = 0
+MAX_MS = 32_503_680_000_000
+
+
+def in_range(ms: int) -> bool:
+    """Whether ``ms`` is an event time the tracker accepts (:data:`MIN_MS` to :data:`MAX_MS`)."""
+    return MIN_MS <= ms < MAX_MS
+
 
 def ms_to_iso(ms: int) -> str:
     """Format epoch milliseconds as ISO-8601 UTC with millisecond precision.
@@ -33,7 +45,8 @@ def iso_to_ms(text: str) -> int | None:
     """Parse ISO-8601 with an explicit zone into epoch ms; None if invalid.
 
     A timestamp without a zone is refused: guessing the producer's zone would
-    silently shift stage times by hours.
+    silently shift stage times by hours. The result may lie outside
+    :func:`in_range` (the caller says why it refuses it).
     """
     try:
         dt = datetime.fromisoformat(text)
@@ -42,4 +55,6 @@ def iso_to_ms(text: str) -> int | None:
     if dt.tzinfo is None or dt.utcoffset() is None:
         return None
     # Integer arithmetic: dt.timestamp() * 1000 loses the last millisecond.
+    # Subtracting two aware datetimes never overflows, even at year 1 or 9999
+    # with a zone that moves the instant outside the calendar.
     return (dt - _EPOCH) // _MS

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     )
     map_path: Path | None = Field(None, description="Journey map YAML; unset: the shipped default map")
     max_event_bytes: int = Field(64 * 1024, ge=256, description="Larger messages are dead-lettered")
+    max_future_s: float = Field(
+        86_400.0,
+        ge=0,
+        description="An event time later than its Kafka record's timestamp (or, over HTTP, the worker's "
+        "clock) by more than this is refused as in_future",
+    )
     batch_size: int = Field(
         2000,
         ge=1,

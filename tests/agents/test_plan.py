@@ -37,9 +37,11 @@ class Rec:
         key: bytes | None,
         value: bytes | None,
         headers: tuple[tuple[str, bytes], ...] = (),
+        timestamp: int | None = None,
     ) -> None:
         self.topic, self.partition, self.offset, self.key, self.value = "tp", partition, offset, key, value
         self.headers = headers
+        self.timestamp = timestamp
 
 
 def clock_rec(cid: str, now: int, offset: int) -> Rec:
@@ -141,19 +143,79 @@ def test_a_customer_whose_events_are_all_replays_is_not_rewritten() -> None:
 
 
 def test_a_core_failure_dead_letters_only_that_customers_events(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = planner.fold_batch
+    real = planner.fold_customer
 
-    def flaky(jmap: Any, states: Any, events: Any) -> Any:
+    def flaky(jmap: Any, state: Any, events: Any) -> Any:
         events = list(events)
         if any(e.customer_id == "bad" for e in events):
             raise ValueError("boom")
-        return real(jmap, states, events)
+        return real(jmap, state, events)
 
-    monkeypatch.setattr(planner, "fold_batch", flaky)
+    monkeypatch.setattr(planner, "fold_customer", flaky)
     out = plan([event("ok", "1", "page_view", 0), event("bad", "2", "page_view", 1)])
     assert [(d.reason, d.record.offset) for d in out.dead] == [("processing_error", 1)]
     assert "boom" in out.dead[0].detail
     assert [u.customer_id for u in out.updates] == ["ok"]
+
+
+@pytest.mark.parametrize("where", ["encode_stored", "deadline_of"])
+def test_a_failure_after_the_fold_is_isolated_too(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """Encoding the state, building the records and the next deadline run
+    inside the customer's isolation: a raise there dead-letters that
+    customer's events of the batch (all of them), the others go on."""
+    real = getattr(planner, where)
+
+    def flaky(*args: Any) -> Any:
+        state = args[-1]
+        if state.customer_id == "bad":
+            raise OverflowError("out of range")
+        return real(*args)
+
+    monkeypatch.setattr(planner, where, flaky)
+    out = plan(
+        [event("bad", "1", "page_view", 0), event("ok", "2", "page_view", 1), event("bad", "3", "search", 2)]
+    )
+    assert [(d.reason, d.record.offset) for d in out.dead] == [
+        ("processing_error", 0),
+        ("processing_error", 2),
+    ]
+    assert [u.customer_id for u in out.updates] == ["ok"]
+    assert out.updates[0].encoded is not None and out.updates[0].records
+
+
+def test_a_transition_record_that_cannot_be_built_is_isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.state import Transition
+
+    real = Transition.to_record
+
+    def flaky(self: Transition) -> Any:
+        if self.customer_id == "bad":
+            raise ValueError("year 10000 is out of range")
+        return real(self)
+
+    monkeypatch.setattr(Transition, "to_record", flaky)
+    out = plan([event("bad", "1", "page_view", 0), event("ok", "2", "page_view", 1)])
+    assert [(d.reason, d.record.offset) for d in out.dead] == [("processing_error", 0)]
+    assert "year 10000" in out.dead[0].detail
+    assert [u.customer_id for u in out.updates] == ["ok"]
+
+
+def test_event_times_far_past_the_records_own_time_are_refused() -> None:
+    """The future bound is judged against the record's Kafka timestamp, so a
+    replay of the record judges it the same way (the fold stays a fold)."""
+    ok, ahead = event("c1", "a", "page_view", 0), event("c2", "b", "page_view", 1)
+    ok.timestamp = 1_790_000_000_000  # the event's own time (offset 0)
+    ahead.timestamp = 1_790_000_000_000 - 86_400_001  # the event is a day and a millisecond ahead
+    out = plan_batch(
+        MAP,
+        by_partition([ok, ahead]),
+        lambda p, k: None,
+        partitions=N,
+        max_event_bytes=65536,
+        max_future_ms=86_400_000,
+    )
+    assert [(d.reason, d.record.offset) for d in out.dead] == [("in_future", 1)]
+    assert [u.customer_id for u in out.updates] == ["c1"]
 
 
 def test_a_flood_of_dead_letters_is_logged_in_summary(monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:

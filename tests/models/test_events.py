@@ -76,3 +76,82 @@ def test_missing_key_is_a_mismatch_unless_unchecked() -> None:
 def test_none_value_is_rejected_not_raised() -> None:
     out = parse_touchpoint(None, MAP)
     assert isinstance(out, Rejection) and out.reason == "not_json"
+
+
+# One rule for input: whatever the parser accepts, every later step can carry.
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "9999-12-31T23:59:59-14:00",  # past year 9999 in UTC
+        "0001-01-01T00:00:00+14:00",  # before year 1 in UTC
+        "1969-12-31T23:59:59.999Z",  # before the range
+        "3000-01-01T00:00:00Z",  # the range's end (excluded)
+        32_503_680_000_000,
+        -1,
+        253_402_300_799_999,  # the old epoch-ms bound let this through
+    ],
+)
+def test_timestamps_outside_the_range_are_refused_in_either_form(stamp: object) -> None:
+    got = parse_touchpoint(event(timestamp=stamp), MAP)
+    assert isinstance(got, Rejection) and got.reason == "bad_field"
+    assert "1970-01-01" in got.detail and "3000-01-01" in got.detail
+
+
+@pytest.mark.parametrize("stamp", ["1970-01-01T00:00:00Z", "2999-12-31T23:59:59.999Z", 0, 32_503_679_999_999])
+def test_the_range_ends_are_accepted(stamp: object) -> None:
+    assert isinstance(parse_touchpoint(event(timestamp=stamp), MAP), Touchpoint)
+
+
+def test_a_time_past_not_after_is_in_future() -> None:
+    got = parse_touchpoint(event(timestamp=1_000_001), MAP, not_after=1_000_000)
+    assert isinstance(got, Rejection) and got.reason == "in_future"
+    assert isinstance(parse_touchpoint(event(timestamp=1_000_000), MAP, not_after=1_000_000), Touchpoint)
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"customer_id": "__faust\u0000offset__"},
+        {"customer_id": "__faust"},
+        {"customer_id": "c\u0000"},
+        {"customer_id": "line\nbreak"},
+        {"customer_id": "esc\u001b[31m"},
+        {"customer_id": "del\u007f"},
+        {"customer_id": "c1\u0085"},
+        {"event_id": "e\u0000"},
+    ],
+)
+def test_ids_with_control_characters_or_the_reserved_prefix_are_refused(over: dict[str, str]) -> None:
+    got = parse_touchpoint(event(**over), MAP)
+    assert isinstance(got, Rejection) and got.reason == "bad_field"
+
+
+def test_an_event_id_may_begin_like_the_reserved_prefix_and_ids_may_be_unicode() -> None:
+    assert isinstance(parse_touchpoint(event(event_id="__faust-1", customer_id="kund-ü-客"), MAP), Touchpoint)
+
+
+def test_clock_and_erasure_records_keep_the_same_rules() -> None:
+    from models.events import parse_clock, parse_erase
+
+    assert isinstance(parse_clock(b'{"clock": -5, "customer_id": "c"}', None), Rejection)
+    assert isinstance(parse_clock(b'{"clock": 5, "customer_id": "__faust"}', None), Rejection)
+    got = parse_clock(b'{"clock": 5000, "customer_id": "c"}', None, not_after=4000)
+    assert isinstance(got, Rejection) and got.reason == "in_future"
+    huge = orjson.dumps({"erase": "c", "erasure_id": "x", "at": 10**17})
+    assert isinstance(parse_erase(huge, None), Rejection)
+
+
+def test_properties_nested_too_deep_are_refused() -> None:
+    deep: object = 1
+    for _ in range(40):
+        deep = {"a": deep}
+    got = parse_touchpoint(event(properties=deep), MAP)
+    assert isinstance(got, Rejection) and got.reason == "bad_field" and "32 levels" in got.detail
+    shallow: object = 1
+    for _ in range(31):
+        shallow = [shallow]
+    many = {f"k{i}": [{}] for i in range(40)}  # many brackets, shallow
+    assert isinstance(parse_touchpoint(event(properties={"x": shallow}), MAP), Touchpoint)
+    assert isinstance(parse_touchpoint(event(properties=many), MAP), Touchpoint)
