@@ -31,10 +31,11 @@ import orjson
 from aiohttp import web as aioweb
 from faust.web import Request, Response, View
 
-from models.events import ERASE_HEADER, MAX_ID_LEN, Erase, Rejection, parse_touchpoint
+from models.events import ERASE_HEADER, Erase, Rejection, id_problem, parse_touchpoint
 from stream.batching import PartitionBatches
 from stream.faust_compat import aiokafka_producer
 from stream.partitioning import key_partition
+from stream.peers import PEER_HEADER, peer_headers, verify_peer
 from stream.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -55,15 +56,22 @@ def _error(status: int, error: str, detail: str, headers: dict[str, str] | None 
 
 
 def token_middleware(token: str) -> Any:
-    """An aiohttp middleware: ``Authorization: Bearer <token>`` on every path but the open ones."""
+    """An aiohttp middleware: ``Authorization: Bearer <token>`` on every path
+    but the open ones, or another worker's signature (``stream.peers``)."""
     expected = f"Bearer {token}".encode()
 
     @aioweb.middleware
     async def check(request: aioweb.Request, handler: Any) -> aioweb.StreamResponse:
         if request.path in OPEN_PATHS:
             return await handler(request)
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+        # Header bytes that are not UTF-8 arrive as surrogates: compare them as
+        # the bytes they were, so they fail the check instead of raising.
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        peer = request.headers.get(PEER_HEADER)
+        if not hmac.compare_digest(given, expected) and not (
+            peer is not None
+            and verify_peer(token, request.method, request.path_qs, peer, int(time.time() * 1000))
+        ):
             return _error(
                 401,
                 "unauthorized",
@@ -75,14 +83,55 @@ def token_middleware(token: str) -> Any:
     return check
 
 
+LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def local_only_middleware(port: int) -> Any:
+    """No-token mode: only this machine's own pages and programs may use the API.
+
+    Binding to 127.0.0.1 is not enough: any web page open in a browser on the
+    host can send a ``text/plain`` POST there, and DNS rebinding makes a
+    foreign name resolve to 127.0.0.1. So the ``Host`` must name this worker
+    on the loopback address, an ``Origin`` must be this worker's own, and
+    ``POST`` and ``DELETE`` need ``Content-Type: application/json`` (which a
+    cross-site form or a simple request cannot send without a preflight).
+    """
+    hosts = {f"{name}:{port}" for name in LOCAL_NAMES}
+    if port == 80:
+        hosts.update(LOCAL_NAMES)
+    origins = {f"http://{h}" for h in hosts}
+
+    @aioweb.middleware
+    async def check(request: aioweb.Request, handler: Any) -> aioweb.StreamResponse:
+        host = request.headers.get("Host", "").lower()
+        if host not in hosts:
+            return _error(
+                403, "bad_host", f"the Host must be one of {sorted(hosts)} (no JOURNEY_API_TOKEN set)"
+            )
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.lower() not in origins:
+            return _error(
+                403, "cross_origin", "requests from other origins are refused (no JOURNEY_API_TOKEN set)"
+            )
+        if request.method in ("POST", "DELETE") and request.content_type != "application/json":
+            return _error(
+                415, "unsupported_media_type", f"{request.method} needs Content-Type: application/json"
+            )
+        return await handler(request)
+
+    return check
+
+
 def secure(rt: Runtime) -> None:
     """Apply the token policy to the worker's web server (before it starts)."""
     settings = rt.settings
     token = settings.api_token.get_secret_value() if settings.api_token is not None else None
+    middlewares = rt.app.web.web_app.middlewares  # type: ignore[attr-defined]
     if token:
-        rt.app.web.web_app.middlewares.append(token_middleware(token))  # type: ignore[attr-defined]
+        middlewares.append(token_middleware(token))
         log.info("API: bearer token required on every endpoint but /metrics, /health and the /map page")
         return
+    middlewares.append(local_only_middleware(settings.web_port))
     if settings.web_bind != "127.0.0.1":
         log.warning(
             "API: no JOURNEY_API_TOKEN is set, so the web server binds to 127.0.0.1 only, not %s",
@@ -94,13 +143,21 @@ def secure(rt: Runtime) -> None:
 
 
 async def read_limited(request: Request, limit: int) -> bytes | None:
-    """The body, or None when it is larger than ``limit`` bytes."""
+    """The whole body, however it arrives (in one piece or many, slowly), or
+    None once it is larger than ``limit`` bytes."""
     raw: Any = request
     length = raw.content_length
     if length is not None and length > limit:
         return None
-    body = await raw.content.read(limit + 1)
-    return None if len(body) > limit else bytes(body)
+    body = bytearray()
+    while True:
+        # read(n) returns what has arrived, at most n bytes; b"" at the end.
+        chunk = await raw.content.read(limit + 1 - len(body))
+        if not chunk:
+            return bytes(body)
+        body += chunk
+        if len(body) > limit:
+            return None
 
 
 def register(rt: Runtime) -> None:
@@ -133,9 +190,21 @@ def register(rt: Runtime) -> None:
                 )
             results: list[dict[str, Any]] = []
             out = PartitionBatches(aiokafka_producer(app))
+            not_after = int((time.time() + settings.max_future_s) * 1000)
             for i, item in enumerate(events):
-                raw = orjson.dumps(item)
-                parsed = parse_touchpoint(raw, jmap, max_bytes=settings.max_event_bytes)
+                parsed: Any
+                raw = b""
+                if not isinstance(item, dict):
+                    parsed = Rejection("not_object", f"got a JSON {type(item).__name__}")
+                else:
+                    try:
+                        raw = orjson.dumps(item)
+                    except orjson.JSONEncodeError as exc:  # nested past 255 levels
+                        parsed = Rejection("bad_field", f"the event cannot be carried: {exc}"[:200])
+                    else:
+                        parsed = parse_touchpoint(
+                            raw, jmap, max_bytes=settings.max_event_bytes, not_after=not_after
+                        )
                 if isinstance(parsed, Rejection):
                     results.append(
                         {"index": i, "status": "rejected", "reason": parsed.reason, "detail": parsed.detail}
@@ -175,8 +244,7 @@ def register(rt: Runtime) -> None:
         """The funnel over all workers."""
 
         async def get(self, request: Request) -> Response:
-            auth = request.headers.get("Authorization")
-            parts, missing = await gather_funnel(rt, auth)
+            parts, missing = await gather_funnel(rt)
             body = funnel(rt, parts)
             body["workers"] = {"answered": len(parts), "missing": missing}
             return self.json(body, status=200 if not missing else 206)
@@ -211,8 +279,9 @@ async def erase(rt: Runtime, customer_id: str) -> tuple[int, dict[str, Any], dic
     when ``GET /customers/{id}`` answers 404 and the ``erased`` record is on
     the erasures topic."""
     settings = rt.settings
-    if not customer_id or len(customer_id) > MAX_ID_LEN:
-        return 400, {"error": "bad_customer_id", "detail": f"1 to {MAX_ID_LEN} characters"}, {}
+    problem = id_problem(customer_id, "customer_id")
+    if problem is not None:
+        return 400, {"error": "bad_customer_id", "detail": problem}, {}
     erasure = Erase(customer_id, uuid.uuid4().hex, int(time.time() * 1000))
     key = customer_id.encode()
     out = PartitionBatches(aiokafka_producer(rt.app))
@@ -237,35 +306,49 @@ async def erase(rt: Runtime, customer_id: str) -> tuple[int, dict[str, Any], dic
 
 
 def local_funnel(rt: Runtime) -> dict[str, Any]:
-    """This worker's figures: counts from its partitions, time-in-stage buckets from its histogram."""
+    """This worker's figures: counts from its partitions, time-in-stage buckets
+    from its histogram, and who it is (so a gatherer never counts it twice)."""
     buckets: dict[str, dict[str, float]] = {}
     for metric in rt.metrics.stage_duration.collect():
         for sample in metric.samples:
             if sample.name.endswith("_bucket"):
                 buckets.setdefault(sample.labels["stage"], {})[sample.labels["le"]] = sample.value
-    return {"figures": rt.stage_counts.totals().to_dict(), "stage_duration_buckets": buckets}
+    return {
+        "worker": rt.worker_id,
+        "figures": rt.stage_counts.totals().to_dict(),
+        "stage_duration_buckets": buckets,
+    }
 
 
-async def gather_funnel(rt: Runtime, auth: str | None) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every worker's ``/funnel/local`` (this one's without a request)."""
+async def gather_funnel(rt: Runtime) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every worker's ``/funnel/local`` (this one's without a request), each
+    asked once with this worker's signature, never the client's credentials
+    (``stream.peers``); each worker counted once, by its identity."""
     import aiohttp
 
     from stream.faust_compat import peer_urls
+    from stream.web import own_url
 
-    own = f"http://{rt.settings.web_host or 'localhost'}:{rt.settings.web_port}"
+    token = rt.settings.api_token.get_secret_value() if rt.settings.api_token is not None else None
+    own = own_url(rt)
     parts = [local_funnel(rt)]
+    seen = {rt.worker_id}
     missing: list[str] = []
-    headers = {"Authorization": auth} if auth else {}
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for url in peer_urls(rt.app):
             if url == own:
                 continue
+            headers = peer_headers(token, "GET", "/funnel/local", int(time.time() * 1000))
             try:
-                async with session.get(f"{url}/funnel/local", headers=headers) as resp:
+                async with session.get(f"{url}/funnel/local", headers=headers, allow_redirects=False) as resp:
                     if resp.status != 200:
                         raise RuntimeError(f"status {resp.status}")
-                    parts.append(await resp.json())
+                    part = await resp.json()
+                    if part.get("worker") in seen:
+                        continue
+                    seen.add(part.get("worker"))
+                    parts.append(part)
             except Exception as exc:
                 log.warning("GET /funnel: worker %s did not answer: %r", url, exc)
                 missing.append(url)

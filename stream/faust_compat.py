@@ -576,6 +576,15 @@ def peer_urls(app: faust.App) -> list[str]:
     return sorted(urls)
 
 
+def owner_url(app: faust.App, changelog_topic: str, partition: int) -> str | None:
+    """The web URL of the worker that actively owns ``partition`` of the table
+    (from the assignor's last assignment), or None if nobody is known to."""
+    for url, topics in app.assignor.tables_metadata().items():
+        if partition in topics.get(changelog_topic, ()):
+            return str(url).rstrip("/")
+    return None
+
+
 def aiokafka_producer(app: faust.App) -> AIOKafkaProducer:
     """The started aiokafka producer under Faust's producer service."""
     producer: AIOKafkaProducer = app.producer._ensure_producer()  # type: ignore[attr-defined]
@@ -673,5 +682,6 @@ __all__ = [
     "check_faust_version",
     "disable_spinner",
     "install_batch_path",
+    "owner_url",
     "peer_urls",
 ]

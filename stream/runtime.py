@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import socket
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,8 @@ class Runtime:
     store: TableStore = field(init=False)
     # Sections agents add to /health: name -> a function returning them.
     health: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    # Who this worker is, for its peers (GET /funnel counts each worker once by it).
+    worker_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
         self.store = TableStore(self.customers, self.settings.changelog_topic)

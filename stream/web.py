@@ -3,8 +3,9 @@
 Web views (port ``JOURNEY_WEB_PORT``, 6066 by default):
 
 * ``GET /customers/{customer_id}``: the customer's state, from whichever
-  worker owns the customer's partition (Faust forwards the request there);
-  404 for a customer never seen.
+  worker owns the customer's partition (forwarded there once, signed by
+  this worker, never with the client's credentials: ``stream.peers``);
+  404 for a customer never seen, 503 while no worker owns it.
 * ``GET /health``: 200 once the worker owns partitions, is not rebalancing
   and none of them is stalled; 503 otherwise. The body has, per owned
   partition, the fetch position, the processed and committed offsets, the
@@ -24,16 +25,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
+import aiohttp
 from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from models.events import id_problem
 from stream.codec import decode_stored
+from stream.faust_compat import owner_url
 from stream.lifecycle import Report
 from stream.partitioning import key_partition
+from stream.peers import FORWARDED_HEADER, peer_headers
 from stream.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -100,9 +106,54 @@ class Watchdog:
         return bool(rt.active_partitions()) and not rt.app.rebalancing and not self.report.problems
 
 
+async def forward_to_owner(rt: Runtime, view: View, request: Request, partition: int) -> Response:
+    """The owning worker's answer to ``request``, forwarded once, without the
+    client's credentials (``stream.peers``); 503 while nobody (else) owns it."""
+    unavailable = {
+        "error": "unavailable",
+        "detail": "the customer's partition has no owner now (rebalancing)",
+    }
+    retry = {"Retry-After": "2"}
+    if request.headers.get(FORWARDED_HEADER) is not None:  # forwarded to us already: never again
+        return view.json(unavailable, status=503, headers=retry)
+    try:
+        url = owner_url(rt.app, rt.settings.changelog_topic, partition)
+    except Exception as exc:  # the assignor mid-rebalance, topics gone...
+        log.info("no owner known for partition %d: %r", partition, exc)
+        url = None
+    if url is None or url == own_url(rt):
+        return view.json(unavailable, status=503, headers=retry)
+    path = request.path_qs  # type: ignore[attr-defined]
+    headers = peer_headers(_token(rt), "GET", path, int(time.time() * 1000))
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+            session.get(f"{url}{path}", headers=headers, allow_redirects=False) as resp,
+        ):
+            body = await resp.read()
+            return view.bytes(body, content_type=resp.content_type, status=resp.status)
+    except Exception as exc:
+        log.info("forwarding to the owner %s failed: %r", url, exc)
+        return view.json(
+            {"error": "unavailable", "detail": "the customer's owner did not answer"},
+            status=503,
+            headers=retry,
+        )
+
+
+def _token(rt: Runtime) -> str | None:
+    t = rt.settings.api_token
+    return t.get_secret_value() if t is not None else None
+
+
+def own_url(rt: Runtime) -> str:
+    """This worker's URL as the group knows it (Faust's canonical URL)."""
+    return str(rt.app.conf.canonical_url).rstrip("/")
+
+
 def register(rt: Runtime) -> Watchdog:
     """Register the web views and the watchdog timer on ``rt.app``."""
-    app, customers, settings = rt.app, rt.customers, rt.settings
+    app, settings = rt.app, rt.settings
     watchdog = Watchdog(rt)
 
     @app.timer(settings.watchdog_interval_s)
@@ -113,10 +164,15 @@ def register(rt: Runtime) -> Watchdog:
     class CustomerView(View):
         """One customer's journey state, from the worker that owns it."""
 
-        @app.table_route(table=customers, match_info="customer_id")  # type: ignore[arg-type]
         async def get(self, request: Request, customer_id: str) -> Response:
+            problem = id_problem(customer_id, "customer_id")
+            if problem is not None:
+                return self.json({"error": "bad_customer_id", "detail": problem}, status=400)
             key = customer_id.encode()
-            raw = rt.store.get(key_partition(key, settings.partitions), key)
+            partition = key_partition(key, settings.partitions)
+            if partition not in rt.active_partitions():
+                return await forward_to_owner(rt, self, request, partition)
+            raw = rt.store.get(partition, key)
             if raw is None:
                 return self.json({"error": "unknown customer", "customer_id": customer_id}, status=404)
             _, state = decode_stored(raw)

@@ -76,6 +76,7 @@ class WorkerProcess:
     data_dir: Path | None = None  # default: one of its own, named after the log
     proc: subprocess.Popen[bytes] | None = None
     web_port: int = field(default_factory=free_port)
+    extra_env: dict[str, str] = field(default_factory=dict)  # besides the settings (Faust's own, say)
 
     @property
     def url(self) -> str:
@@ -86,6 +87,7 @@ class WorkerProcess:
         env.update(self.settings.to_env())
         env["JOURNEY_WEB_PORT"] = str(self.web_port)
         env["JOURNEY_DATA_DIR"] = str(self.data_dir or self.settings.data_dir / self.log_path.stem)
+        env.update(self.extra_env)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen([JOURNEY, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
         return self

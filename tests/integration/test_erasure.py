@@ -57,7 +57,7 @@ def test_erasure_leaves_no_trace_and_a_new_journey_can_start(
     view = redis.Redis.from_url(s.redis_url, decode_responses=True)
     for c in (gone, kept):
         wait_for(f"{c} in the serving view", lambda c=c: view.hget(f"{s.view_prefix}{c}", "stage") == "cart")
-    status, body = a.request("DELETE", f"/customers/{gone}")[:2]
+    status, body = a.request("DELETE", f"/customers/{gone}", headers={"Content-Type": "application/json"})[:2]
     assert status == 202 and body["customer_id"] == gone and body["status"] == "accepted"
 
     wait_for(
