@@ -309,10 +309,12 @@ class ServingView:
         """Guarded writes, PER_CALL customers per script call, the calls in
         one pipeline. EVALSHA goes straight onto the pipeline (redis-py's
         Script adds a SCRIPT EXISTS round trip); a Redis without the script
-        yet (restarted) gets it loaded."""
+        (restarted, failed over, ``SCRIPT FLUSH``) gets it loaded and the
+        whole chunk sent again: redis-py empties a pipeline once it ran, so
+        running it again would send nothing."""
         now = self._clock()
         sha, prefix, join = self._script.sha, self.prefix, SEP.join
-        pipe = self._redis.pipeline(transaction=False)
+        calls: list[tuple[Any, ...]] = []
         for start in range(0, len(items), PER_CALL):
             keys: list[str] = []
             records: list[str] = []
@@ -320,12 +322,19 @@ class ServingView:
                 keys.append(prefix + cid)
                 o = str(offset)
                 records.append(o if state is None else join([o, *view_values(state, offset, now)]))
-            pipe.evalsha(sha, len(keys), *keys, self._ttl_ms, *records)
-        try:
+            calls.append((sha, len(keys), *keys, self._ttl_ms, *records))
+
+        async def send() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            for call in calls:
+                pipe.evalsha(*call)
             await pipe.execute()
+
+        try:
+            await send()
         except NoScriptError:
             await self._redis.script_load(_SCRIPT)
-            await pipe.execute()
+            await send()
         self._on_written(len(items))
 
     async def read(self, customer_id: str) -> dict[str, str]:

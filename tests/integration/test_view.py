@@ -187,3 +187,30 @@ def test_an_older_state_never_overwrites_a_newer_one_and_marks_say_what_to_rewri
     assert v5 == {}  # at 24, before the mark: the last owner had written (here: erased) it
     assert v5_after_loss["stage"] == "consideration" and v5_after_loss["offset"] == "24"
     assert overflowed["stage"] == "cart" and overflowed["offset"] == "40"
+
+
+def test_the_view_equals_the_table_after_script_flushes_while_events_flow(
+    spawn: list[WorkerProcess], tmp_path: Path
+) -> None:
+    """A Redis that forgets its scripts (a restart with persistence, a failover,
+    SCRIPT FLUSH) gets the chunk sent again, not counted as written and lost."""
+    import threading
+
+    s = make_settings(tmp_path, partitions=4, view_retry_s=0.5)
+    ensure_topics(s, tracker_topics(s))
+    worker = WorkerProcess(s, tmp_path / "worker.log").start()
+    spawn.append(worker)
+    worker.wait_ready()
+    r = redis.Redis.from_url(s.redis_url)
+    sender = threading.Thread(target=send_messages, args=(s, generate(3000, seed=43), 1500.0))
+    sender.start()
+    flushes = 0
+    while sender.is_alive():
+        r.script_flush()
+        flushes += 1
+        time.sleep(0.05)
+    sender.join()
+    wait_processed(s, [worker])
+    states = stored_states(s)
+    assert flushes > 10
+    wait_for("the view to equal the table", lambda: not view_mismatches(s, states), timeout=60)
