@@ -214,12 +214,13 @@ class NudgeDispatcher:
             await self._erase_in_redis()
 
     async def _erase_in_redis(self) -> None:
+        todo = sorted(self.erasures)
         try:
-            for cid in sorted(self.erasures):
-                await self._gate.forget_customer(cid)
-                self.erasures.discard(cid)
+            await self._gate.forget_customers(todo)
         except GateDown as exc:
             self._down(exc)
+            return
+        self.erasures.difference_update(todo)
 
     def _count(self, kind: str, outcome: str) -> None:
         self._metrics.nudges.labels(kind, outcome).inc()

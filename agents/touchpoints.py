@@ -78,7 +78,8 @@ class TouchpointsAgent:
         status_ttl = (
             2 * max(rules.max_age_s, max((p.cooldown_s for p in rules.policies), default=0)) + 7 * 86_400
         )
-        self.gate = NudgeGate(s.redis_url, s.redis_prefix, s.redis_timeout_s, status_ttl)
+        kinds = tuple(p.kind for p in rules.policies)
+        self.gate = NudgeGate(s.redis_url, s.redis_prefix, s.redis_timeout_s, status_ttl, kinds)
         self.nudges = NudgeDispatcher(
             s, rt.journey_map, self.gate, lambda: aiokafka_producer(rt.app), rt.metrics, clock
         )

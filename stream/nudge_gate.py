@@ -18,6 +18,13 @@ Redis Cluster hash tag, so one customer's keys share a slot)::
     <prefix>{<customer>}:nudge:<nudge_id>   the decision       (TTL: status_ttl)
     <prefix>{<customer>}:cool:<kind>        cooldown marker    (TTL: the kind's cooldown)
     <prefix>{<customer>}:sent               sorted set of sends (TTL: the cap window)
+    <prefix>{<customer>}:keys               the set of the keys above (TTL: the longest of theirs)
+
+Erasure deletes the keys the ``:keys`` set names, and the cooldown and
+send-window keys by their exact names (for keys written before the set
+existed), in one script call: no ``SCAN``, so an id with glob characters
+(``*``, ``?``, ``[``, ``\\``) names only itself, and the cost does not grow
+with the keyspace.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ Decision = Literal["sent", "held_out", "capped"]
 _SCRIPT = """
 local st = redis.call('GET', KEYS[1])
 if st then return st end
+redis.call('SADD', KEYS[4], KEYS[1], KEYS[2], KEYS[3])
+redis.call('PEXPIRE', KEYS[4], math.max(tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[6])))
 local now = tonumber(ARGV[1])
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('SET', KEYS[1], 'done:capped', 'PX', ARGV[6])
@@ -52,6 +61,18 @@ local d = 'pending:sent'
 if ARGV[5] == '1' then d = 'pending:held_out' end
 redis.call('SET', KEYS[1], d, 'PX', ARGV[6])
 return d
+"""
+
+
+# Erase one customer: every key its index names, the given exact names, the index.
+_FORGET = """
+local ks = redis.call('SMEMBERS', KEYS[1])
+for i = 2, #KEYS do ks[#ks + 1] = KEYS[i] end
+local n = 0
+for i = 1, #ks, 500 do
+  n = n + redis.call('DEL', unpack(ks, i, math.min(i + 499, #ks)))
+end
+return n + redis.call('DEL', KEYS[1])
 """
 
 
@@ -88,15 +109,22 @@ class ClaimRequest:
 class NudgeGate:
     """The Redis side of the nudge policy (``redis.asyncio``: never blocks the loop)."""
 
-    def __init__(self, url: str, prefix: str, timeout_s: float, status_ttl_s: int) -> None:
+    def __init__(
+        self, url: str, prefix: str, timeout_s: float, status_ttl_s: int, kinds: tuple[str, ...] = ()
+    ) -> None:
         self._redis: Any = redis_client(url, timeout_s)
         self._script = self._redis.register_script(_SCRIPT)
+        self._forget = self._redis.register_script(_FORGET)
         self._prefix = prefix
         self._ttl_ms = status_ttl_s * 1000
+        self._kinds = kinds  # the map's nudge kinds: cooldown keys erasure names exactly
+
+    def _base(self, customer: str) -> str:
+        return f"{self._prefix}{{{customer}}}"
 
     def _keys(self, customer: str, kind: str, nudge_id: str) -> list[str]:
-        base = f"{self._prefix}{{{customer}}}"
-        return [f"{base}:nudge:{nudge_id}", f"{base}:cool:{kind}", f"{base}:sent"]
+        base = self._base(customer)
+        return [f"{base}:nudge:{nudge_id}", f"{base}:cool:{kind}", f"{base}:sent", f"{base}:keys"]
 
     async def claim_many(self, requests: list[ClaimRequest]) -> list[Claim]:
         """Decide many nudges in one round trip (a pipeline; each script call
@@ -137,12 +165,18 @@ class NudgeGate:
         except (RedisError, OSError) as exc:
             raise GateDown(f"redis: {exc!r}") from exc
 
-    async def forget_customer(self, customer: str) -> None:
-        """Remove every key of one customer (erasure)."""
+    async def forget_customers(self, customers: list[str]) -> None:
+        """Remove every key of these customers (erasure): one script call each,
+        all in one round trip."""
+        if not customers:
+            return
         try:
-            keys = [k async for k in self._redis.scan_iter(match=f"{self._prefix}{{{customer}}}:*")]
-            if keys:
-                await self._redis.delete(*keys)
+            pipe = self._redis.pipeline(transaction=False)
+            for customer in customers:
+                base = self._base(customer)
+                exact = [f"{base}:sent", *(f"{base}:cool:{k}" for k in self._kinds)]
+                await self._forget(keys=[f"{base}:keys", *exact], client=pipe)
+            await pipe.execute()
         except (RedisError, OSError) as exc:
             raise GateDown(f"redis: {exc!r}") from exc
 

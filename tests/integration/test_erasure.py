@@ -96,3 +96,38 @@ def test_erasure_leaves_no_trace_and_a_new_journey_can_start(
     key = f"{s.view_prefix}{gone}"
     wait_for("the new journey in the view", lambda: view.hget(key, "stage") == "awareness")
     assert view.hget(key, "events") == "1"
+
+
+def test_glob_like_ids_erase_only_themselves(spawn: list[WorkerProcess], tmp_path: Path) -> None:
+    """Ids that are glob patterns to Redis's SCAN MATCH (``*``, ``?``, ``[``,
+    ``\\``) erase their own keys and leave every other customer's alone."""
+    from urllib.parse import quote
+
+    s = make_settings(tmp_path, partitions=2, map_path=DEMO_MAP)
+    ensure_topics(s, tracker_topics(s))
+    w = WorkerProcess(s, tmp_path / "worker.log").start()
+    spawn.append(w)
+    w.wait_ready()
+    globs, kept = ["*", "?", "[", "\\", "kee*"], "keep-me"
+    send_messages(
+        s,
+        [
+            msg(c, f"{c}-{i}", t, ago)
+            for c in [kept, *globs]
+            for i, (t, ago) in enumerate([("page_view", 60), ("add_to_cart", 50)])
+        ],
+    )
+    r = redis.Redis.from_url(s.redis_url)
+    keys = f"{s.redis_prefix}{{{kept}}}:*"
+    wait_for("the reminders' keys in Redis", lambda: len(r.keys(keys)) >= 3, timeout=60)
+    wait_processed(s, [w])
+    before = sorted(r.keys(keys))
+    for g in globs:
+        path = f"/customers/{quote(g, safe='')}"
+        status = w.request("DELETE", path, headers={"Content-Type": "application/json"})[0]
+        assert status == 202, g
+        wait_for(f"the erasure of {g!r}", lambda path=path: w.get(path)[0] == 404)
+    wait_processed(s, [w])
+    time.sleep(1.0)  # the Redis deletes follow the batch that applied the erasure
+    assert sorted(r.keys(keys)) == before
+    assert w.get(f"/customers/{kept}")[0] == 200
