@@ -4,7 +4,10 @@ No Kafka, Faust or I/O here but the ``load`` it is given. Per record, in
 each partition's offset order:
 
 1. Validate against the contract (``models.events``) and the partitioner;
-   a refused record becomes a :class:`DeadLetter` with a reason. A record
+   a refused record becomes a :class:`DeadLetter` with a reason. A valid
+   event on another partition than its key's murmur2 partition (a client
+   with another partitioner) becomes a :class:`Move`: the agent produces it
+   again there, in arrival order, and it is applied when it comes back. A record
    with the clock header is the worker's own clock reading for a customer
    whose deadline came (``stream.clock``), applied in order like an event.
 2. Skip a record at or below its customer's stored source offset: a replay
@@ -73,11 +76,17 @@ class SourceRecord(Protocol):
     def timestamp(self) -> int | None: ...
 
 
+# The header of an event the worker moved to its key's partition: the
+# coordinates it arrived at (topic:partition:offset).
+MOVED_HEADER = "journey-moved-from"
+
+
 def internal_kind(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
-    """CLOCK_HEADER or ERASE_HEADER for the worker's own records, None for an app's event."""
+    """CLOCK_HEADER or ERASE_HEADER for the worker's own records, MOVED_HEADER
+    for an event the worker moved, None for an app's event."""
     if headers:
         for k, _ in headers:
-            if k in (CLOCK_HEADER, ERASE_HEADER):
+            if k in (CLOCK_HEADER, ERASE_HEADER, MOVED_HEADER):
                 return k
     return None
 
@@ -102,6 +111,19 @@ class DeadLetter:
         ]
 
 
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A valid event that arrived on another partition than its key's: it is
+    produced again to ``home``, with :data:`MOVED_HEADER`, in arrival order."""
+
+    record: SourceRecord
+    home: int
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        r = self.record
+        return [*r.headers, (MOVED_HEADER, f"{r.topic}:{r.partition}:{r.offset}".encode())]
+
+
 @dataclass(slots=True)
 class CustomerUpdate:
     """One customer's fold in this batch, with where it is stored."""
@@ -122,6 +144,7 @@ class BatchPlan:
     """What one fetch produced; the agent publishes and stores it."""
 
     dead: list[DeadLetter] = field(default_factory=list)
+    moves: list[Move] = field(default_factory=list)
     updates: list[CustomerUpdate] = field(default_factory=list)
     replayed: int = 0
     clocks: int = 0  # clock readings among the records
@@ -181,9 +204,14 @@ def plan_batch(
                 # parse_touchpoint checked the key equals the customer id
                 home = homes[cid] = key_partition(rec.key, partitions)
             if home != partition:
-                dead.append(
-                    DeadLetter(rec, "wrong_partition", "produce with Kafka's default (murmur2) partitioner")
-                )
+                if kind is None:  # an app's event, partitioned otherwise (librdkafka's CRC32, say)
+                    out.moves.append(Move(rec, home))
+                else:  # the worker's own records, or one it moved already: never moved (again)
+                    dead.append(
+                        DeadLetter(
+                            rec, "wrong_partition", "produce with Kafka's default (murmur2) partitioner"
+                        )
+                    )
                 continue
             if cid in stored:
                 prior = stored[cid]

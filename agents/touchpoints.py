@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -57,6 +58,8 @@ EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: the fetch is not committed; the restart r
 # Dead letters logged one by one per batch; the rest are summed up by reason,
 # so a flood of garbage does not flood the log (the DLQ has every one).
 LOGGED_DEAD_LETTERS = 20
+# Moved events are reported at most this often, with how many there were.
+MOVED_LOG_EVERY_S = 60.0
 
 
 def exit_on_failure(exc: BaseException) -> None:
@@ -72,6 +75,7 @@ class TouchpointsAgent:
         self.rt = rt
         self.settings = s = rt.settings
         self.clock = clock
+        self._moved, self._moved_logged = 0, float("-inf")
         self.states = StateCache(rt.store.get, s.state_cache_size)
         rt.lifecycle.add_listener(self.states)
         rules = rt.journey_map.nudges
@@ -198,6 +202,20 @@ class TouchpointsAgent:
         if len(plan.dead) > LOGGED_DEAD_LETTERS:
             rest = Counter(dl.reason for dl in plan.dead[LOGGED_DEAD_LETTERS:])
             log.warning("%d more dead letters in this batch: %s", sum(rest.values()), dict(rest))
+        if plan.moves:
+            self._moved += len(plan.moves)
+            now = time.monotonic()
+            if now - self._moved_logged >= MOVED_LOG_EVERY_S:
+                log.warning(
+                    "%d events arrived on another partition than their key's murmur2 partition since the "
+                    "last report, and were moved there: the producer partitions otherwise (librdkafka: set "
+                    "partitioner=murmur2_random)",
+                    self._moved,
+                )
+                self._moved, self._moved_logged = 0, now
+        for mv in plan.moves:
+            rec = mv.record
+            out.add(settings.touchpoints_topic, mv.home, rec.key, rec.value, mv.headers(), rec.timestamp)
         for u in plan.updates:
             if u.records:  # built by the planner; nudges go through the gate (agents.nudges)
                 key = u.customer_id.encode()
@@ -242,6 +260,8 @@ class TouchpointsAgent:
         m = self.rt.metrics
         m.batches.inc()
         m.events.labels("replayed").inc(plan.replayed)
+        if plan.moves:
+            m.events.labels("moved").inc(len(plan.moves))
         m.events.labels("rejected").inc(len(plan.dead))
         for reason, n in Counter(dl.reason for dl in plan.dead).items():
             m.rejected.labels(reason).inc(n)

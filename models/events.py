@@ -45,7 +45,7 @@ REASONS: Final = (
     "unknown_type",  # the map does not know the event type
     "unknown_channel",  # the map does not know the channel
     "key_mismatch",  # the Kafka key is not the event's customer_id
-    "wrong_partition",  # the key is not on the partition Kafka's default partitioner picks
+    "wrong_partition",  # a worker's own or moved record off its key's murmur2 partition (events are moved)
     "in_future",  # the event time is more than JOURNEY_MAX_FUTURE_S after the record's own time
     "processing_error",  # the core raised on this event: a bug, kept instead of lost
 )

@@ -31,15 +31,22 @@ class PartitionBatches:
         self.records = 0
 
     def add(
-        self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: Headers = ()
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers = (),
+        timestamp: int | None = None,
     ) -> None:
+        """One record; ``timestamp`` (epoch ms) None: the producer's clock."""
         builders = self._builders.setdefault((topic, partition), [])
         if (
             not builders
-            or builders[-1].append(timestamp=None, key=key, value=value, headers=list(headers)) is None
+            or builders[-1].append(timestamp=timestamp, key=key, value=value, headers=list(headers)) is None
         ):
             builder = self._producer.create_batch()
-            if builder.append(timestamp=None, key=key, value=value, headers=list(headers)) is None:
+            if builder.append(timestamp=timestamp, key=key, value=value, headers=list(headers)) is None:
                 raise RecordTooLarge(
                     f"a record for {topic}[{partition}] is larger than the producer's batch size"
                 )

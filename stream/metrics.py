@@ -19,7 +19,7 @@ from models.events import REASONS
 from models.journey_map import JourneyMap
 from stream.lifecycle import PartitionLifecycle
 
-OUTCOMES = ("applied", "duplicate", "rejected", "replayed")
+OUTCOMES = ("applied", "duplicate", "rejected", "replayed", "moved")
 PROBLEMS = ("stalled", "commit_stalled")
 # What became of a nudge the policy decided (journey_nudges_total{kind,outcome}).
 NUDGE_OUTCOMES = ("sent", "held_out", "capped", "quiet_hours", "expired", "failed")
@@ -102,7 +102,8 @@ class TrackerMetrics:
         m = cls(
             events=Counter(
                 f"{prefix}_events",
-                "Touchpoint messages by outcome (replayed: an already-applied Kafka record seen again)",
+                "Touchpoint messages by outcome (replayed: an already-applied Kafka record seen again; "
+                "moved: produced again to its key's murmur2 partition)",
                 ["outcome"],
                 registry=registry,
             ),

@@ -3,8 +3,8 @@
 Kafka's Java client, kafka-python and aiokafka all place a keyed message on
 ``murmur2(key) % partitions``. Faust routes table lookups the same way, so a
 producer that partitions otherwise (librdkafka's default, for one) would split
-a customer's state; the worker dead-letters such messages as
-``wrong_partition`` instead.
+a customer's state; the worker moves such an event to its key's partition
+instead (``agents.plan.Move``).
 """
 
 from __future__ import annotations

@@ -100,11 +100,10 @@ def test_folds_each_customer_and_dead_letters_the_rest() -> None:
             Rec(0, 6, b"x", b"{"),
         ]
     )
-    assert sorted((d.reason, d.record.offset) for d in out.dead) == [
-        ("key_mismatch", 5),
-        ("not_json", 6),
-        ("wrong_partition", 4),
-    ]
+    assert sorted((d.reason, d.record.offset) for d in out.dead) == [("key_mismatch", 5), ("not_json", 6)]
+    # Valid, but on another partition than the key's murmur2 one: moved there.
+    assert [(m.record.offset, m.home) for m in out.moves] == [(4, key_partition(b"c2", N))]
+    assert dict(out.moves[0].headers())["journey-moved-from"] == f"tp:{wrong}:4".encode()
     updates = {u.customer_id: u for u in out.updates}
     c1 = updates["c1"]
     assert c1.fold.state is not None and c1.fold.state.stage == "cart"
@@ -115,11 +114,32 @@ def test_folds_each_customer_and_dead_letters_the_rest() -> None:
     assert dict(dl.headers())["journey.dlq.source"] == f"tp:{dl.record.partition}:{dl.record.offset}".encode()
 
 
-def test_a_customer_on_a_wrong_partition_later_in_the_batch_is_refused_too() -> None:
+def test_a_customer_on_a_wrong_partition_later_in_the_batch_is_moved_too() -> None:
     home = key_partition(b"c1", N)
     out = plan([event("c1", "a", "page_view", 0), event("c1", "b", "search", 1, partition=(home + 1) % N)])
-    assert [(d.reason, d.record.offset) for d in out.dead] == [("wrong_partition", 1)]
+    assert out.dead == [] and [(m.record.offset, m.home) for m in out.moves] == [(1, home)]
     assert out.updates[0].fold.applied == 1
+
+
+def test_events_moved_from_one_partition_keep_their_order() -> None:
+    home = key_partition(b"c1", N)
+    away = (home + 1) % N
+    out = plan([event("c1", f"e{i}", "page_view", i, partition=away) for i in range(5)])
+    assert [m.record.offset for m in out.moves] == [0, 1, 2, 3, 4] and out.updates == []
+
+
+def test_a_moved_or_internal_record_on_a_wrong_partition_is_dead_lettered_not_moved_again() -> None:
+    home = key_partition(b"c1", N)
+    moved = event("c1", "a", "page_view", 0, partition=(home + 1) % N)
+    moved.headers = (("journey-moved-from", b"tp:0:0"),)
+    clock = clock_rec("c1", 1_790_000_000_000, 1)
+    clock.partition = (home + 1) % N
+    out = plan([moved, clock])
+    assert out.moves == []
+    assert sorted((d.reason, d.record.offset) for d in out.dead) == [
+        ("wrong_partition", 0),
+        ("wrong_partition", 1),
+    ]
 
 
 def test_records_at_or_below_the_stored_offset_are_replays() -> None:
