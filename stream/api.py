@@ -37,6 +37,7 @@ from stream.faust_compat import aiokafka_producer
 from stream.partitioning import key_partition
 from stream.peers import PEER_HEADER, peer_headers, verify_peer
 from stream.runtime import Runtime
+from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,16 @@ def local_only_middleware(port: int) -> Any:
     return check
 
 
+def effective_bind(settings: Settings) -> str:
+    """The address the web server binds to: ``JOURNEY_WEB_BIND`` with a token,
+    127.0.0.1 without one, whatever the setting says."""
+    return (
+        settings.web_bind
+        if settings.api_token is not None and settings.api_token.get_secret_value()
+        else "127.0.0.1"
+    )
+
+
 def secure(rt: Runtime) -> None:
     """Apply the token policy to the worker's web server (before it starts)."""
     settings = rt.settings
@@ -132,12 +143,12 @@ def secure(rt: Runtime) -> None:
         log.info("API: bearer token required on every endpoint but /metrics, /health and the /map page")
         return
     middlewares.append(local_only_middleware(settings.web_port))
-    if settings.web_bind != "127.0.0.1":
+    if settings.web_bind != effective_bind(settings):
         log.warning(
             "API: no JOURNEY_API_TOKEN is set, so the web server binds to 127.0.0.1 only, not %s",
             settings.web_bind,
         )
-        rt.app.conf.web_bind = "127.0.0.1"
+        rt.app.conf.web_bind = effective_bind(settings)
     else:
         log.info("API: no JOURNEY_API_TOKEN is set; serving on 127.0.0.1 only")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -96,5 +97,50 @@ def _compose_client() -> list[str] | None:
 def test_docker_compose_config_accepts_the_file() -> None:
     cmd = _compose_client()
     assert cmd is not None
-    out = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True)
+    env = {**os.environ, "JOURNEY_API_TOKEN": "a-token-from-dotenv"}
+    out = subprocess.run(
+        [*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, env=env
+    )
     assert out.returncode == 0, out.stderr.decode()
+
+
+def _dockerfile_env() -> dict[str, str]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    out: dict[str, str] = {}
+    for line in re.findall(r"^ENV\s+(.+)$", text, re.M):
+        for name, value in re.findall(r'(JOURNEY_[A-Z_]+)=("[^"]*"|\S+)', line):
+            out[name] = value.strip('"')
+    return out
+
+
+def test_bind_token_and_scrape_config_agree() -> None:
+    """The worker as compose runs it: the Dockerfile's environment, then the
+    service's, with the token a user sets in .env. It must listen on all
+    interfaces (so Prometheus and the other workers reach it), and Prometheus
+    must scrape its port on a path that needs no token."""
+    from stream.api import OPEN_PATHS, effective_bind
+
+    example = (ROOT / ".env.example").read_text()
+    assert re.search(r"^JOURNEY_API_TOKEN=", example, re.M), "the example .env names the token"
+    worker_env = dict(SERVICES["worker"]["environment"])
+    token_ref = worker_env.pop("JOURNEY_API_TOKEN")
+    # Compose interpolates it from .env and refuses to start without it.
+    assert re.fullmatch(r"\$\{JOURNEY_API_TOKEN:\?.+\}", token_ref), token_ref
+    env = {**_dockerfile_env(), **worker_env, "JOURNEY_API_TOKEN": "a-token-from-dotenv"}
+    settings = Settings(**{k.removeprefix("JOURNEY_").lower(): v for k, v in env.items()})
+    assert effective_bind(settings) == "0.0.0.0"
+    # Without the token it would fall back to loopback: nobody could reach it.
+    assert effective_bind(settings.model_copy(update={"api_token": None})) == "127.0.0.1"
+    # The web host is left to the container's host name, which the other
+    # containers resolve (forwarding); Prometheus finds every worker by name.
+    assert settings.web_host == ""
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "compose.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "journey")
+    assert job["metrics_path"] in OPEN_PATHS
+    sd = job["dns_sd_configs"][0]
+    assert sd["names"] == ["worker"] and sd["port"] == settings.web_port
+    assert str(settings.web_port) in SERVICES["worker"]["expose"]
+
+
+def test_the_dotenv_file_is_never_committed() -> None:
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
