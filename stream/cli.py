@@ -117,11 +117,9 @@ def worker() -> None:
     except JourneyError as exc:
         _fail(str(exc))
 
-    from faust.worker import Worker
-
     from agents.touchpoints import attach
     from stream import api, web
-    from stream.faust_compat import disable_spinner
+    from stream.faust_compat import bounded_worker
     from stream.runtime import build, tune_gc
 
     rt = build(settings)
@@ -130,8 +128,12 @@ def worker() -> None:
     api.secure(rt)
     api.register(rt)
     tune_gc(settings.gc_threshold)
-    runner = Worker(rt.app, loglevel=settings.log_level.lower())
-    disable_spinner(runner)
+    runner = bounded_worker(
+        rt.app,
+        settings.log_level.lower(),
+        settings.stop_timeout_s,
+        web.stop_timed_out(settings.stop_timeout_s),
+    )
     runner.execute_from_commandline()
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -585,10 +586,58 @@ def owner_url(app: faust.App, changelog_topic: str, partition: int) -> str | Non
     return None
 
 
+async def missing_topics(app: faust.App, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` the cluster's metadata does not have (read afresh
+    through the producer's client, on this loop)."""
+    cluster = await aiokafka_producer(app).client.fetch_all_metadata()
+    present = cluster.topics()
+    return [n for n in names if n not in present]
+
+
 def aiokafka_producer(app: faust.App) -> AIOKafkaProducer:
     """The started aiokafka producer under Faust's producer service."""
     producer: AIOKafkaProducer = app.producer._ensure_producer()  # type: ignore[attr-defined]
     return producer
+
+
+def bounded_worker(
+    app: faust.App,
+    loglevel: str,
+    stop_timeout_s: float,
+    on_timeout: Callable[[], None],
+    log_repeat_s: float = 10.0,
+) -> Any:
+    """A Faust worker that stops within ``stop_timeout_s`` of SIGTERM or SIGINT.
+
+    Faust's graceful stop flushes the producer, commits and leaves the group;
+    with the broker away each of those waits on its own timeouts (a stop took
+    over 90 s on the local stack). A daemon timer started with the stop calls
+    ``on_timeout`` (which exits without committing: the batch in hand is
+    replayed by the next owner) if the stop has not finished by then. Its
+    root log handlers also hold back repeated warnings and errors
+    (``stream.repeat_log``), and the spinner is off.
+    """
+    from faust.worker import Worker
+
+    from stream.repeat_log import install
+
+    class BoundedWorker(Worker):
+        _stop_timer: threading.Timer | None = None
+
+        def on_setup_root_logger(self, logger: Any, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            install(log_repeat_s)
+
+        def _schedule_shutdown(self, signal: Any) -> None:  # mode.Worker's, for SIGTERM and SIGINT
+            if self._stop_timer is None:
+                self._stop_timer = threading.Timer(stop_timeout_s, on_timeout)
+                self._stop_timer.daemon = True
+                self._stop_timer.start()
+            super()._schedule_shutdown(signal)
+
+    worker = BoundedWorker(app, loglevel=loglevel)
+    disable_spinner(worker)
+    return worker
 
 
 def disable_spinner(worker: Any) -> None:
@@ -679,9 +728,11 @@ __all__ = [
     "active_partitions",
     "aiokafka_producer",
     "batch_consumer_class",
+    "bounded_worker",
     "check_faust_version",
     "disable_spinner",
     "install_batch_path",
+    "missing_topics",
     "owner_url",
     "peer_urls",
 ]

@@ -119,7 +119,15 @@ class Settings(BaseSettings):
     stall_exit_s: float = Field(
         300.0, gt=0, description="...and for this long makes the worker exit (status 75) for a restart"
     )
-    watchdog_interval_s: float = Field(5.0, gt=0, description="How often the worker checks its partitions")
+    watchdog_interval_s: float = Field(
+        5.0, gt=0, description="How often the worker checks its partitions and that its topics exist"
+    )
+    stop_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="SIGTERM or Ctrl-C stops the worker within this long in any state; a batch that cannot "
+        "finish by then is left uncommitted (exit status 75)",
+    )
     web_bind: str = Field("127.0.0.1", description="Address the worker's web server binds to")
     web_host: str = Field(
         "127.0.0.1", description="Host name other workers use to reach this one; empty: this host's name"

@@ -36,7 +36,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from models.events import id_problem
 from stream.codec import decode_stored
-from stream.faust_compat import owner_url
+from stream.faust_compat import missing_topics, owner_url
 from stream.lifecycle import Report
 from stream.partitioning import key_partition
 from stream.peers import FORWARDED_HEADER, peer_headers
@@ -45,6 +45,26 @@ from stream.runtime import Runtime
 log = logging.getLogger(__name__)
 
 EXIT_STALLED = 75  # EX_TEMPFAIL: a supervisor should start the worker again
+EXIT_STOP_TIMEOUT = 75  # a stop that did not finish in JOURNEY_STOP_TIMEOUT_S: nothing more committed
+EXIT_TOPICS_GONE = 69  # EX_UNAVAILABLE: the tracker's topics are gone from the cluster
+# Checks in a row that must find a topic missing before the worker exits
+# (one reading of metadata in the middle of a topic's creation can miss it).
+TOPICS_GONE_CHECKS = 2
+
+
+def stop_timed_out(timeout_s: float, exit: Any = os._exit) -> Any:
+    """What the worker does when a stop has not finished in ``timeout_s``."""
+
+    def on_timeout() -> None:
+        log.critical(
+            "the worker did not stop within %g s (JOURNEY_STOP_TIMEOUT_S): exiting now; what was in hand "
+            "is not committed and the next owner replays it",
+            timeout_s,
+        )
+        logging.shutdown()
+        exit(EXIT_STOP_TIMEOUT)
+
+    return on_timeout
 
 
 class Watchdog:
@@ -54,6 +74,34 @@ class Watchdog:
         self.rt = rt
         self.report = Report({}, 0.0)
         self._exit = exit
+        self.missing_topics: list[str] = []
+        self._missing_checks = 0
+
+    async def check_topics(self) -> None:
+        """Exit (after saying so once) when the tracker's topics are gone from
+        the cluster: a mistaken deletion, a wiped broker. Without them the
+        worker would idle unready for ever, or log an error per record."""
+        s = self.rt.settings
+        names = [s.touchpoints_topic, s.changelog_topic]
+        try:
+            missing = await asyncio.wait_for(
+                missing_topics(self.rt.app, names), timeout=s.watchdog_interval_s
+            )
+        except Exception as exc:  # the broker away: that is the stall watchdog's to judge
+            log.debug("watchdog: could not read the cluster's topics: %r", exc)
+            return
+        self._missing_checks = self._missing_checks + 1 if missing else 0
+        self.missing_topics = missing
+        if missing and self._missing_checks >= TOPICS_GONE_CHECKS:
+            self.rt.metrics.ready.set(0)
+            log.critical(
+                "the tracker's topics %s are gone from the cluster (deleted, or the broker's data wiped): "
+                "exiting with status %d for the supervisor; the restart creates them again",
+                missing,
+                EXIT_TOPICS_GONE,
+            )
+            logging.shutdown()
+            self._exit(EXIT_TOPICS_GONE)
 
     async def read_ends(self) -> None:
         rt = self.rt
@@ -98,12 +146,18 @@ class Watchdog:
         return report
 
     async def tick(self) -> None:
+        await self.check_topics()
         await self.read_ends()
         self.check()
 
     def ready(self) -> bool:
         rt = self.rt
-        return bool(rt.active_partitions()) and not rt.app.rebalancing and not self.report.problems
+        return (
+            bool(rt.active_partitions())
+            and not rt.app.rebalancing
+            and not self.report.problems
+            and not self.missing_topics
+        )
 
 
 async def forward_to_owner(rt: Runtime, view: View, request: Request, partition: int) -> Response:

@@ -73,6 +73,43 @@ def test_the_aiokafka_producer_is_where_faust_keeps_it() -> None:
     assert "def _ensure_producer(self) -> aiokafka.AIOKafkaProducer" in inspect.getsource(aiokafka.Producer)
 
 
+def test_the_worker_still_schedules_its_stop_and_sets_up_logging_where_bounded_worker_hooks_in() -> None:
+    from aiokafka.client import AIOKafkaClient
+    from faust.worker import Worker
+    from mode import worker as mode_worker
+
+    # SIGTERM and SIGINT both go through _schedule_shutdown.
+    assert "self._schedule_shutdown(signal.SIGTERM)" in inspect.getsource(mode_worker.Worker._on_sigterm)
+    assert "self._schedule_shutdown(signal.SIGINT)" in inspect.getsource(mode_worker.Worker._on_sigint)
+    assert "self.on_setup_root_logger(" in inspect.getsource(mode_worker.Worker._setup_logging)
+    assert callable(Worker.on_setup_root_logger)
+    # The owner lookup and the topics check read these.
+    assert callable(AIOKafkaClient.fetch_all_metadata)
+    assert "def tables_metadata(self)" in inspect.getsource(
+        __import__("faust.assignor.partition_assignor", fromlist=["x"]).PartitionAssignor
+    )
+
+
+def test_a_stop_starts_the_timer_once_and_goes_on_as_faust_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    import faust
+    from faust.worker import Worker
+
+    calls: list[Any] = []
+    monkeypatch.setattr(Worker, "_schedule_shutdown", lambda self, sig: calls.append(sig))
+    fired: list[str] = []
+    app = faust.App("compat-test", broker="kafka://127.0.0.1:1")
+    w = faust_compat.bounded_worker(app, "info", 30.0, lambda: fired.append("timeout"))
+    try:
+        w._schedule_shutdown(15)
+        timer = w._stop_timer
+        assert timer is not None and timer.daemon and timer.interval == 30.0
+        w._schedule_shutdown(15)
+        assert w._stop_timer is timer  # one timer, however many signals
+    finally:
+        w._stop_timer.cancel()
+    assert calls == [15, 15] and fired == [] and w.spinner is None
+
+
 def test_offsets_going_backwards_in_a_fetch_are_named() -> None:
     recs = [SimpleNamespace(offset=o) for o in (5, 6, 6)]
     with pytest.raises(OffsetWentBackwards, match=r"t\[2\]: offset 6 came after 6"):
