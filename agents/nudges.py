@@ -24,7 +24,9 @@ from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from redis.exceptions import RedisError
 
+from agents.erasures import ErasureLedger
 from models.journey_map import JourneyMap
 from models.nudges import quiet_release
 from models.outputs import Nudge
@@ -32,6 +34,7 @@ from models.state import CustomerState
 from stream.batching import PartitionBatches
 from stream.metrics import TrackerMetrics
 from stream.nudge_gate import Claim, ClaimRequest, GateDown, NudgeGate
+from stream.serving_view import ServingView
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,8 @@ class NudgeDispatcher:
         self._clock = clock
         self._lock = asyncio.Lock()
         self.pending: dict[str, Pending] = {}
-        self.erasures: set[str] = set()  # erased customers whose Redis keys are still to go
+        self.ledger: ErasureLedger | None = None  # erasures whose Redis deletes are owed
+        self.view: ServingView | None = None  # its hashes go with an erasure too
         self.gate_up = True
         metrics.nudge_gate_up.set(1)
 
@@ -116,8 +120,10 @@ class NudgeDispatcher:
         if from_batch and (not self.gate_up or self._lock.locked()):
             return
         async with self._lock:
-            if self.erasures and not from_batch:
-                await self._erase_in_redis()
+            # Erasures first, under the lock: a flush deciding an erased
+            # customer's nudge has finished, so its keys go too.
+            if self.ledger is not None and len(self.ledger) and not await self._erase_in_redis():
+                return
             await self._flush(self._clock())
 
     async def _flush(self, now: int) -> None:
@@ -167,6 +173,11 @@ class NudgeDispatcher:
         going: list[tuple[Pending, Claim]] = []
         for p, claim in zip(due, claims, strict=True):
             n = p.nudge
+            if self.pending.get(n.nudge_id) is not p:
+                # Erased (or revoked) while Redis decided: it never goes out. The
+                # keys the decision wrote go with the erasure's deletes, which
+                # wait for this flush (the lock).
+                continue
             if claim.decision == "capped":
                 self._count(n.kind, "capped")
                 del self.pending[n.nudge_id]
@@ -205,22 +216,24 @@ class NudgeDispatcher:
         for nudge_id in [i for i, p in self.pending.items() if p.nudge.customer_id == customer_id]:
             del self.pending[nudge_id]
 
-    async def forget_in_redis(self, customer_ids: list[str]) -> None:
-        """Erase the customers' caps, cooldowns and decisions in Redis. While
-        Redis is down they wait with the nudges and each tick tries again
-        (tracking does not wait)."""
-        self.erasures.update(customer_ids)
-        if self.gate_up:
-            await self._erase_in_redis()
-
-    async def _erase_in_redis(self) -> None:
-        todo = sorted(self.erasures)
+    async def _erase_in_redis(self) -> bool:
+        """The ledger's owed deletes, in one round trip for the gate's keys and
+        one for the view's hashes; False while Redis is down (they stay owed)."""
+        assert self.ledger is not None
+        owed = self.ledger.owed()
         try:
-            await self._gate.forget_customers(todo)
+            await self._gate.forget_customers(sorted({cid for _, cid, _ in owed}))
+            if self.view is not None:
+                await self.view.erase([(cid, offset) for _, cid, offset in owed])
         except GateDown as exc:
             self._down(exc)
-            return
-        self.erasures.difference_update(todo)
+            return False
+        except (RedisError, OSError) as exc:
+            self._down(GateDown(f"redis: {exc!r}"))
+            return False
+        self._up()
+        self.ledger.done(owed)
+        return True
 
     def _count(self, kind: str, outcome: str) -> None:
         self._metrics.nudges.labels(kind, outcome).inc()

@@ -135,6 +135,7 @@ class CustomerUpdate:
     before: CustomerState | None = None  # the stored state the batch folded from
     # Built inside the customer's isolation (plan_batch):
     records: list[tuple[str, bytes]] = field(default_factory=list)  # (settings topic field, value)
+    erase_offset: int | None = None  # source offset of the batch's last erasure record for the customer
     encoded: bytes | None = None  # the changelog value, if the state changed and is kept
     deadline: int | None = None  # the next clock deadline of the new state
 
@@ -232,6 +233,9 @@ def plan_batch(
         try:
             fold = fold_customer(jmap, before, [item for item, _ in run])
             update = CustomerUpdate(cid, last.partition, fold, last.offset, before)
+            for item, rec in run:
+                if isinstance(item, Erase):  # owed outside the table even if nothing was stored
+                    update.erase_offset = rec.offset
             _build(jmap, update)
         except Exception as exc:
             # One customer's data never stops the worker: its events of this

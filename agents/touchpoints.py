@@ -41,6 +41,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from agents.clock import ClockTicker, partition_scan, wall_clock_ms
+from agents.erasures import ErasureLedger
 from agents.nudges import NudgeDispatcher
 from agents.plan import BatchPlan, plan_batch
 from models.outputs import ChurnRisk, Nudge, StallRecord
@@ -93,10 +94,14 @@ class TouchpointsAgent:
         rt.lifecycle.add_listener(self.deadlines)
         self.ticker = ClockTicker(rt, self.deadlines, self.nudges, clock)
         self.view = self._serving_view() if s.view_ttl_s > 0 else None
+        self.ledger = ErasureLedger(rt.store.get)
+        rt.lifecycle.add_listener(self.ledger)
+        self.nudges.ledger, self.nudges.view = self.ledger, self.view
         rt.health["nudges"] = lambda: {
             "redis": "up" if self.nudges.gate_up else "down",
             "waiting": len(self.nudges),
             "deadlines_indexed": len(self.deadlines),
+            "erasures_owed": len(self.ledger),
         }
 
     def _serving_view(self) -> ServingView:
@@ -156,30 +161,28 @@ class TouchpointsAgent:
         for u in plan.changed:
             self.stages.update(u.partition, u.before, u.fold.state)
         self.store(changelog, await written.acked())
-        erased = self.follow_up(plan)
-        if erased:
-            await self.nudges.forget_in_redis(erased)
+        self.follow_up(plan)
+        # The erasures' Redis deletes (the ledger, stored with this batch)
+        # and the nudges decided, unless Redis is down or a flush runs: then
+        # the clock tick does them.
         await self.nudges.flush(from_batch=True)
         if self.view is not None:
             self.view.kick()
 
-    def follow_up(self, plan: BatchPlan) -> list[str]:
+    def follow_up(self, plan: BatchPlan) -> None:
         """Next deadlines into the index, changed customers into the serving
         view, decided nudges into the outbox; the erased customers' outbox
-        entries go. Returns the erased ids."""
-        erased: list[str] = []
+        entries go."""
         for u in plan.updates:
             state = u.fold.state
             self.deadlines.set(u.partition, u.customer_id, u.deadline)
             if u.fold.changed and self.view is not None:
                 self.view.put(u.partition, u.customer_id, u.last_offset, state)
             if u.fold.erased:
-                erased.append(u.customer_id)
                 self.nudges.forget(u.customer_id)
             for o in u.fold.outputs:
                 if isinstance(o, Nudge):
                     self.nudges.submit(u.partition, o)
-        return erased
 
     async def publish(self, plan: BatchPlan) -> Sent:
         """Dead letters, transitions and the other outputs, produced; the caller
@@ -229,6 +232,12 @@ class TouchpointsAgent:
         The next batch plans from the new values until they are stored."""
         out = Changelog(PartitionBatches(aiokafka_producer(self.rt.app)))
         topic = self.settings.changelog_topic
+        for u in plan.updates:
+            if u.erase_offset is not None:
+                self.ledger.add(u.partition, u.customer_id, u.erase_offset)
+        # The erasure ledger goes with the tombstones it is owed for (agents.erasures).
+        for partition, key, value in self.ledger.writes():
+            out.add(topic, partition, key, value)
         for u in plan.changed:
             key = u.customer_id.encode()
             if u.fold.erased:

@@ -25,9 +25,9 @@ from models.timeutil import MAX_MS, MIN_MS, in_range, iso_to_ms, ms_to_iso
 
 MAX_ID_LEN: Final = 128
 DEFAULT_MAX_BYTES: Final = 64 * 1024
-# Keys the table store keeps for itself (Faust's persisted offsets): a
-# customer id may not begin with it.
-RESERVED_ID_PREFIX: Final = "__faust"
+# Keys the table store keeps for itself (Faust's persisted offsets, the
+# tracker's erasure ledger): a customer id may not begin with them.
+RESERVED_ID_PREFIXES: Final = ("__faust", "__journey")
 # C0 and C1 control characters (NUL, newline, escape, DEL...): never in an id.
 _CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 TIME_RANGE_DETAIL: Final = (
@@ -112,8 +112,8 @@ def id_problem(value: object, name: str) -> str | None:
         return f"{name} is longer than {MAX_ID_LEN} characters"
     if _CONTROL.search(value) is not None:
         return f"{name} has a control character"
-    if name != "event_id" and value.startswith(RESERVED_ID_PREFIX):
-        return f"{name} may not begin with {RESERVED_ID_PREFIX!r} (reserved by the table store)"
+    if name != "event_id" and value.startswith(RESERVED_ID_PREFIXES):
+        return f"{name} may not begin with {' or '.join(RESERVED_ID_PREFIXES)} (reserved by the table store)"
     return None
 
 

@@ -647,6 +647,10 @@ def disable_spinner(worker: Any) -> None:
     worker.spinner = None
 
 
+# Keys of the table that are not customers (customer ids may not begin so).
+RESERVED_KEYS: Final = (b"__faust", b"__journey")
+
+
 class TableStore:
     """A table's local store, read and written per partition.
 
@@ -676,16 +680,16 @@ class TableStore:
         return store.data.get(key)
 
     def scan(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, value) stored for ``partition`` (after its recovery)."""
+        """Every customer's (key, value) stored for ``partition`` (after its recovery)."""
         store = self._store
         if self._rocksdb():
             for key, value in store._db_for_partition(partition).items():
-                if not key.startswith(b"__faust"):  # Faust's own offset key
+                if not key.startswith(RESERVED_KEYS):  # Faust's offset key, the erasure ledger
                     yield key, value
             return
         owner = store._key_partition
         for key, value in list(store.data.items()):
-            if owner.get(key) == partition:
+            if owner.get(key) == partition and not key.startswith(RESERVED_KEYS):
                 yield key, value
 
     def write(

@@ -337,6 +337,13 @@ class ServingView:
             await send()
         self._on_written(len(items))
 
+    async def erase(self, items: Sequence[tuple[str, int]]) -> None:
+        """Delete these customers' hashes now, each unless a newer state (a
+        later offset) is there: for the erasure ledger, which retries until
+        this returns. Raises ``RedisError`` or ``OSError`` while Redis is down."""
+        if items:
+            await self._write([(cid, offset, None) for cid, offset in items])
+
     async def read(self, customer_id: str) -> dict[str, str]:
         """One customer's hash (empty if none): what a shop would read."""
         return dict(await self._redis.hgetall(self.key(customer_id)))

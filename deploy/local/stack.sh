@@ -12,6 +12,8 @@
 #   deploy/local/stack.sh kafka-start  start Kafka alone again on the same data, wait until it answers
 #   deploy/local/stack.sh redis-stop   stop Redis alone (an outage)
 #   deploy/local/stack.sh redis-start  start Redis alone again, wait until it answers
+#   deploy/local/stack.sh redis-hang   Redis stops answering, its data kept (SIGSTOP)
+#   deploy/local/stack.sh redis-resume Redis answers again (SIGCONT)
 #   deploy/local/stack.sh logs     tail the broker and Redis logs
 #   deploy/local/stack.sh clean    down, then delete the data directory
 #
@@ -267,6 +269,8 @@ redis-start)
     need
     redis_up
     ;;
+redis-hang) pid_alive "$stack_dir/redis.pid" && kill -STOP "$(cat "$stack_dir/redis.pid")" && say "redis hangs (SIGSTOP)" ;;
+redis-resume) pid_alive "$stack_dir/redis.pid" && kill -CONT "$(cat "$stack_dir/redis.pid")" && say "redis answers again" ;;
 logs) tail -n 50 -F "$stack_dir/kafka/logs/server.log" "$stack_dir/redis/redis.log" ;;
 clean)
     "$0" down

@@ -366,6 +366,17 @@ class RedisOutage:
         stack("redis-start")
 
 
+class RedisHang:
+    """Redis stops answering now (SIGSTOP: its data stays), answers again on leaving the block."""
+
+    def __enter__(self) -> RedisHang:
+        stack("redis-hang")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stack("redis-resume")
+
+
 class KafkaOutage:
     """Kafka stopped (SIGTERM) now, started again on :meth:`end` or on leaving the block."""
 

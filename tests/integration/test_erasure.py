@@ -131,3 +131,65 @@ def test_glob_like_ids_erase_only_themselves(spawn: list[WorkerProcess], tmp_pat
     time.sleep(1.0)  # the Redis deletes follow the batch that applied the erasure
     assert sorted(r.keys(keys)) == before
     assert w.get(f"/customers/{kept}")[0] == 200
+
+
+def test_an_erasure_survives_a_sigkill_before_its_redis_deletes(
+    spawn: list[WorkerProcess], tmp_path: Path
+) -> None:
+    """Worker a reaches no Redis (its URL is a port that accepts and never
+    answers) when it applies the erasure, and is killed once the erasure is
+    committed. Worker b, with the real Redis, finds the owed deletes in the
+    table and does them: the gate's keys and the view's hash of the customer
+    (written here as an earlier worker would have) go, another's stay."""
+    import asyncio
+    import socket
+
+    from stream.nudge_gate import ClaimRequest, NudgeGate
+
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(64)
+    s = make_settings(tmp_path, partitions=2, store="rocksdb://", redis_timeout_s=0.3)
+    ensure_topics(s, tracker_topics(s))
+    gone, kept = "kill-erase-me", "kill-keep-me"
+
+    async def earlier_keys() -> None:
+        gate = NudgeGate(s.redis_url, s.redis_prefix, 1.0, 86_400, ("cart_reminder",))
+        now = int(time.time() * 1000)
+        await gate.claim_many(
+            [ClaimRequest(c, "cart_reminder", f"{c}-n1", now, 3600, 3, 86_400, False) for c in (gone, kept)]
+        )
+        await gate.close()
+
+    asyncio.run(earlier_keys())
+    r = redis.Redis.from_url(s.redis_url, decode_responses=True)
+    for c in (gone, kept):
+        r.hset(f"{s.view_prefix}{c}", mapping={"stage": "cart", "offset": "0"})
+    before = {c: sorted(r.keys(f"{s.redis_prefix}{{{c}}}:*")) for c in (gone, kept)}
+    assert len(before[gone]) == 4  # decision, cooldown, send window, the key set
+
+    dead_redis = s.model_copy(update={"redis_url": f"redis://127.0.0.1:{blackhole.getsockname()[1]}/0"})
+    a = WorkerProcess(dead_redis, tmp_path / "worker-a.log").start()
+    spawn.append(a)
+    a.wait_ready()
+    send_messages(s, [msg(c, f"{c}-0", "page_view", 30) for c in (gone, kept)])
+    wait_for("the customers applied", lambda: all(a.get(f"/customers/{c}")[0] == 200 for c in (gone, kept)))
+    status = a.request("DELETE", f"/customers/{gone}", headers={"Content-Type": "application/json"})[0]
+    assert status == 202
+    wait_for("the erasure applied", lambda: a.get(f"/customers/{gone}")[0] == 404)
+    wait_processed(s, [a])  # committed: nobody replays the erasure record
+    a.kill()
+    blackhole.close()
+    assert sorted(r.keys(f"{s.redis_prefix}{{{gone}}}:*")) == before[gone]  # owed, not done
+
+    b = WorkerProcess(s, tmp_path / "worker-b.log", data_dir=s.data_dir / "worker-b").start()
+    spawn.append(b)
+    b.wait_ready()
+    wait_for(
+        "the owed Redis deletes",
+        lambda: not r.keys(f"{s.redis_prefix}{{{gone}}}:*") and not r.exists(f"{s.view_prefix}{gone}"),
+        timeout=60,
+    )
+    assert sorted(r.keys(f"{s.redis_prefix}{{{kept}}}:*")) == before[kept]
+    assert r.hget(f"{s.view_prefix}{kept}", "stage") is not None
+    wait_for("the ledger emptied", lambda: (b.health() or {}).get("nudges", {}).get("erasures_owed") == 0)

@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stream.kafka_tools import ensure_topics, tracker_topics
 from stream.partitioning import key_partition
@@ -237,3 +239,64 @@ def test_forwarding_never_passes_on_the_clients_authorization(
         assert a.request("GET", "/openapi.json", headers=forged, auth=False)[0] == 401
     finally:
         sniffer.shutdown()
+
+
+PATHS = st.one_of(
+    st.sampled_from(
+        ["/events", "/customers/c1", "/customers/", "/funnel", "/funnel/local", "/map", "/health", "/metrics"]
+    ),
+    st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="#?"), max_size=30).map(
+        lambda t: "/customers/" + t
+    ),
+    st.binary(min_size=1, max_size=20).map(lambda b: "/customers/" + "".join(f"%{c:02X}" for c in b)),
+    st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="#"), max_size=40).map(
+        lambda t: "/" + t
+    ),
+)
+METHODS = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "FOO"])
+HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
+HEADERS = st.dictionaries(
+    st.sampled_from(
+        [
+            "Authorization",
+            "Content-Type",
+            "Origin",
+            "X-Journey-Peer",
+            "X-Journey-Forwarded",
+            "Accept",
+            "Cookie",
+        ]
+    ),
+    HEADER_TEXT | st.sampled_from(["application/json", f"Bearer {TOKEN}", "1", "text/plain; charset=x"]),
+    max_size=4,
+)
+
+
+def send_any(port: int, method: str, path: str, headers: dict[str, str], body: bytes) -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for k, v in headers.items():
+            conn.putheader(k, v)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=METHODS, path=PATHS, headers=HEADERS, body=st.binary(max_size=200) | st.just(b"[]"))
+def test_no_method_path_or_header_gets_a_5xx(
+    token_worker: tuple[WorkerProcess, Settings],
+    open_worker: tuple[WorkerProcess, Settings],
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+) -> None:
+    for worker, _ in (token_worker, open_worker):
+        status = send_any(worker.web_port, method, path, headers, body)
+        assert status < 500, (worker.settings.api_token is not None, method, path, headers, status)

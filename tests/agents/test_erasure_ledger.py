@@ -1,0 +1,138 @@
+"""The erasure ledger and the dispatcher's erasures, without a broker or Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from agents import nudges as nudges_module
+from agents.erasures import ErasureLedger, decode_ledger, encode_ledger, ledger_key
+from agents.nudges import NudgeDispatcher
+from models import load_map
+from models.outputs import Nudge
+from stream.lifecycle import PartitionLifecycle
+from stream.metrics import TrackerMetrics
+from stream.nudge_gate import Claim, GateDown
+from stream.settings import Settings
+
+MAP = load_map()
+NOW = 1_795_503_600_000
+
+
+def test_the_ledger_round_trips_through_the_table_and_forgets_what_is_done() -> None:
+    table: dict[bytes, bytes | None] = {}
+    ledger = ErasureLedger(lambda p, k: table.get(k))
+    ledger.on_partition_ready(3)
+    ledger.add(3, "a", 10)
+    ledger.add(3, "b", 11)
+    ledger.add(5, "c", 12)  # not owned: its owner keeps it
+    writes = list(ledger.writes())
+    assert writes == [(3, ledger_key(3), encode_ledger({"a": 10, "b": 11}))]
+    assert list(ledger.writes()) == []  # written once
+    table[ledger_key(3)] = writes[0][2]
+    # A new owner (after a crash or a revoke) reads what is owed.
+    other = ErasureLedger(lambda p, k: table.get(k))
+    other.on_partition_ready(3)
+    assert sorted(other.owed()) == [(3, "a", 10), (3, "b", 11)]
+    other.add(3, "a", 20)  # erased again meanwhile: the later one stays owed
+    other.done([(3, "a", 10), (3, "b", 11)])
+    assert other.owed() == [(3, "a", 20)]
+    other.done([(3, "a", 20)])
+    assert list(other.writes()) == [(3, ledger_key(3), None)]  # empty: a tombstone
+    other.on_partition_revoked(3)
+    assert len(other) == 0 and decode_ledger(None) == {}
+
+
+def nudge(cid: str, nid: str) -> Nudge:
+    return Nudge(nid, cid, "cart_reminder", "email", "cart", "stall", {}, NOW, False, 3600)
+
+
+class Gate:
+    """A gate whose claims wait until released (Redis slow to answer)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.forgotten: list[list[str]] = []
+        self.done: list[Any] = []
+        self.down = False
+
+    async def claim_many(self, requests: list[Any]) -> list[Claim]:
+        await self.release.wait()
+        return [Claim("sent", True) for _ in requests]
+
+    async def done_many(self, items: list[Any]) -> None:
+        self.done.extend(items)
+
+    async def forget_customers(self, customers: list[str]) -> None:
+        if self.down:
+            raise GateDown("redis: down")
+        self.forgotten.append(customers)
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bytes | None]]:
+    out: list[tuple[str, bytes | None]] = []
+
+    class Batches:
+        def __init__(self, producer: Any) -> None:
+            pass
+
+        def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+            out.append((topic, key))
+
+        async def send(self) -> dict[Any, int]:
+            return {}
+
+    monkeypatch.setattr(nudges_module, "PartitionBatches", Batches)
+    return out
+
+
+def dispatcher(gate: Gate) -> NudgeDispatcher:
+    metrics = TrackerMetrics.create(CollectorRegistry(), PartitionLifecycle())
+    return NudgeDispatcher(Settings(), MAP, gate, lambda: None, metrics, lambda: NOW)  # type: ignore[arg-type]
+
+
+def test_a_customer_erased_while_redis_decides_gets_no_nudge_and_no_error(
+    sent: list[tuple[str, bytes | None]],
+) -> None:
+    async def run() -> None:
+        gate = Gate()
+        d = dispatcher(gate)
+        d.ledger = ErasureLedger(lambda p, k: None)
+        d.ledger.on_partition_ready(0)
+        d.submit(0, nudge("gone", "n1"))
+        d.submit(0, nudge("kept", "n2"))
+        flushing = asyncio.ensure_future(d.flush())
+        await asyncio.sleep(0)  # the flush waits for Redis's decisions
+        d.forget("gone")  # the batch applying the erasure
+        d.ledger.add(0, "gone", 7)
+        erasing = asyncio.ensure_future(d.flush(from_batch=False))
+        gate.release.set()
+        await flushing
+        await erasing
+        assert [k for _, k in sent] == [b"kept"]  # the erased customer's nudge never goes out
+        assert gate.forgotten == [["gone"]]  # after the flush that decided it (the lock)
+        assert d.ledger.owed() == []
+
+    asyncio.run(run())
+
+
+def test_owed_deletes_stay_owed_while_redis_is_down(sent: list[tuple[str, bytes | None]]) -> None:
+    async def run() -> None:
+        gate = Gate()
+        gate.down = True
+        gate.release.set()
+        d = dispatcher(gate)
+        d.ledger = ErasureLedger(lambda p, k: None)
+        d.ledger.on_partition_ready(0)
+        d.ledger.add(0, "gone", 7)
+        await d.flush()
+        assert d.ledger.owed() == [(0, "gone", 7)] and not d.gate_up
+        gate.down = False
+        await d.flush()
+        assert d.ledger.owed() == [] and d.gate_up and gate.forgotten == [["gone"]]
+
+    asyncio.run(run())
