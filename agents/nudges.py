@@ -9,6 +9,13 @@ assigned the deadline index's scan puts them back here (the gate answers
 "already decided" for those that went out). So a crash, a restart or a
 Redis outage neither loses nor doubles a nudge.
 
+The outbox is bounded (``JOURNEY_NUDGE_OUTBOX_MAX``). A nudge that finds it
+full is not kept in memory and nothing is evicted: it stays in the table
+(the customer's open nudges), its partition is marked spilled and counted
+(``journey_nudge_outbox_spills_total``), and the worker is unready. Once the
+outbox is down to half, each flush rescans one spilled partition's store
+and puts its open nudges back, a few thousand customers per loop turn.
+
 While Redis is down the outbox waits; tracking goes on untouched (batches
 never call Redis then), the log says so once, ``/health`` shows it and
 ``journey_nudge_gate_up`` is 0. Each clock tick tries again, so a Redis
@@ -19,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
@@ -27,6 +34,7 @@ from aiokafka import AIOKafkaProducer
 from redis.exceptions import RedisError
 
 from agents.erasures import ErasureLedger
+from models.events import DELIVERY_HEADER, Delivery
 from models.journey_map import JourneyMap
 from models.nudges import quiet_release
 from models.outputs import Nudge
@@ -39,9 +47,9 @@ from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Nudges one outbox holds at most; beyond it the oldest wait for the next
-# partition scan (they are in the table), so memory stays bounded in a long outage.
-MAX_PENDING = 100_000
+DELIVERY_HEADERS = ((DELIVERY_HEADER, b"1"),)
+# Stored customers a spill rescan decodes per loop turn.
+RESCAN_CHUNK = 2000
 
 
 @dataclass(slots=True)
@@ -75,6 +83,14 @@ class NudgeDispatcher:
         self.ledger: ErasureLedger | None = None  # erasures whose Redis deletes are owed
         self.view: ServingView | None = None  # its hashes go with an erasure too
         self.gate_up = True
+        self.max_pending = settings.nudge_outbox_max
+        self.spilled: set[int] = set()  # partitions with open nudges left in the table
+        # Per spilled partition, how many stored customers a rescan may skip
+        # (those before it put back everything it had room for).
+        self._resume: dict[int, int] = {}
+        self._rescanning: int | None = None
+        self.owned: set[int] = set()
+        self.scan: Callable[[int], Iterable[tuple[int, CustomerState]]] = lambda p: ()
         metrics.nudge_gate_up.set(1)
 
     def __len__(self) -> int:
@@ -83,9 +99,65 @@ class NudgeDispatcher:
     def submit(self, partition: int, nudge: Nudge) -> None:
         if nudge.nudge_id in self.pending:
             return
-        if len(self.pending) >= MAX_PENDING:
-            self.pending.pop(next(iter(self.pending)))
+        if len(self.pending) >= self.max_pending:
+            # Full: the nudge stays in the table (the customer's open nudges);
+            # the partition is rescanned once there is room. Nothing is evicted.
+            if partition not in self.spilled:
+                log.warning(
+                    "the nudge outbox is full (%d, JOURNEY_NUDGE_OUTBOX_MAX): partition %d's new nudges stay "
+                    "in the table until there is room; the worker is unready meanwhile",
+                    self.max_pending,
+                    partition,
+                )
+            self.spilled.add(partition)
+            if partition != self._rescanning:  # a batch's nudge: it may sit anywhere in the store
+                self._resume[partition] = 0
+            self._metrics.outbox_spills.inc()
+            return
         self.pending[nudge.nudge_id] = Pending(nudge, partition)
+
+    def unready_because(self) -> str | None:
+        """Why the worker should not count as ready (the outbox spilled), or None."""
+        if self.spilled:
+            return f"the nudge outbox spilled partitions {sorted(self.spilled)} (JOURNEY_NUDGE_OUTBOX_MAX)"
+        return None
+
+    async def refill(self) -> None:
+        """Rescan spilled partitions while the outbox is at most half full.
+
+        A rescan puts back every open nudge of the partition's stored
+        customers, those that went out already too (the gate answers "done"
+        for them). Where it fills the outbox again it stops, and the next
+        rescan starts at that customer: each pass gets further."""
+        while self.spilled and len(self.pending) <= self.max_pending // 2:
+            partition = min(self.spilled)
+            self.spilled.discard(partition)  # a spill during the rescan marks it again
+            start = self._resume.pop(partition, 0)
+            now, seen = self._clock(), 0
+            for _, state in self.scan(partition):
+                if partition not in self.owned:
+                    break  # revoked meanwhile: its next owner's scan has them
+                if seen >= start and state.nudges:
+                    self._rescanning = partition  # a spill here resumes here, not from the start
+                    try:
+                        self.resubmit_open(partition, state, now)
+                    finally:
+                        self._rescanning = None
+                    if partition in self.spilled:  # full again (a batch's spill may have said 0)
+                        self._resume.setdefault(partition, seen)
+                        break
+                seen += 1
+                if seen % RESCAN_CHUNK == 0:
+                    await asyncio.sleep(0)
+            log.info(
+                "nudge outbox: partition %d rescanned from customer %d to %d, %d nudges wait",
+                partition,
+                start,
+                seen,
+                len(self),
+            )
+            if partition in self.spilled:
+                return  # room first: the next flush decides what was put back
 
     def resubmit_open(self, partition: int, state: CustomerState, now: int) -> None:
         """Put back the open nudges of a stored customer (a partition scan)."""
@@ -125,6 +197,9 @@ class NudgeDispatcher:
             if self.ledger is not None and len(self.ledger) and not await self._erase_in_redis():
                 return
             await self._flush(self._clock())
+            if self.spilled and not from_batch and self.gate_up:
+                await self.refill()
+                await self._flush(self._clock())
 
     async def _flush(self, now: int) -> None:
         """One round trip to Redis for every due nudge's decision, one produce,
@@ -171,6 +246,7 @@ class NudgeDispatcher:
         self._up()
         out = PartitionBatches(self._producer())
         going: list[tuple[Pending, Claim]] = []
+        repeats = 0
         for p, claim in zip(due, claims, strict=True):
             n = p.nudge
             if self.pending.get(n.nudge_id) is not p:
@@ -183,6 +259,9 @@ class NudgeDispatcher:
                 del self.pending[n.nudge_id]
             elif not claim.pending:
                 del self.pending[n.nudge_id]  # decided and produced before (a replay or a restart)
+                if claim.decision != "capped":  # its delivery record again, in case it was lost
+                    self._add_delivery(out, p, claim)
+                    repeats += 1
             else:
                 topic = (
                     self._settings.held_out_topic
@@ -190,8 +269,11 @@ class NudgeDispatcher:
                     else self._settings.nudges_topic
                 )
                 out.add(topic, p.partition, n.customer_id.encode(), orjson.dumps(n.to_record(sent_at=now)))
+                # The customer's state learns that it went out, with the nudge
+                # (acked together): only such a nudge gets an outcome record.
+                self._add_delivery(out, p, claim)
                 going.append((p, claim))
-        if not going:
+        if not going and not repeats:
             return
         try:
             await out.send()
@@ -210,6 +292,13 @@ class NudgeDispatcher:
         for p, claim in going:
             self.pending.pop(p.nudge.nudge_id, None)
             self._count(p.nudge.kind, claim.decision)
+
+    def _add_delivery(self, out: PartitionBatches, p: Pending, claim: Claim) -> None:
+        n = p.nudge
+        record = Delivery(n.customer_id, n.nudge_id, claim.decision).to_json()
+        out.add(
+            self._settings.touchpoints_topic, p.partition, n.customer_id.encode(), record, DELIVERY_HEADERS
+        )
 
     def forget(self, customer_id: str) -> None:
         """Drop an erased customer's waiting nudges."""
@@ -254,8 +343,11 @@ class NudgeDispatcher:
 
     # PartitionListener
     def on_partition_ready(self, partition: int) -> None:
-        pass  # the deadline index's scan resubmits the partition's open nudges
+        self.owned.add(partition)  # the deadline index's scan resubmits the partition's open nudges
 
     def on_partition_revoked(self, partition: int) -> None:
+        self.owned.discard(partition)
+        self.spilled.discard(partition)
+        self._resume.pop(partition, None)
         for nudge_id in [i for i, p in self.pending.items() if p.partition == partition]:
             del self.pending[nudge_id]

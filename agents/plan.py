@@ -38,12 +38,15 @@ import orjson
 from models.effects import deadline_of
 from models.events import (
     CLOCK_HEADER,
+    DELIVERY_HEADER,
     ERASE_HEADER,
     Clock,
+    Delivery,
     Erase,
     Rejection,
     Touchpoint,
     parse_clock,
+    parse_delivery,
     parse_erase,
     parse_touchpoint,
 )
@@ -82,11 +85,11 @@ MOVED_HEADER = "journey-moved-from"
 
 
 def internal_kind(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
-    """CLOCK_HEADER or ERASE_HEADER for the worker's own records, MOVED_HEADER
-    for an event the worker moved, None for an app's event."""
+    """CLOCK_HEADER, ERASE_HEADER or DELIVERY_HEADER for the worker's own
+    records, MOVED_HEADER for an event the worker moved, None for an app's event."""
     if headers:
         for k, _ in headers:
-            if k in (CLOCK_HEADER, ERASE_HEADER, MOVED_HEADER):
+            if k in (CLOCK_HEADER, ERASE_HEADER, DELIVERY_HEADER, MOVED_HEADER):
                 return k
     return None
 
@@ -176,13 +179,13 @@ def plan_batch(
     later than its record's Kafka timestamp plus ``max_future_ms`` is
     refused (``in_future``)."""
     out = BatchPlan()
-    runs: dict[str, list[tuple[Touchpoint | Clock | Erase, SourceRecord]]] = {}
+    runs: dict[str, list[tuple[Touchpoint | Clock | Erase | Delivery, SourceRecord]]] = {}
     stored: dict[str, tuple[int, CustomerState] | None] = {}
     homes: dict[str, int] = {}  # customer -> the partition its key belongs on
     dead = out.dead
     for partition, recs in records.items():
         for rec in recs:
-            parsed: Touchpoint | Clock | Erase | Rejection
+            parsed: Touchpoint | Clock | Erase | Delivery | Rejection
             not_after = None
             if max_future_ms is not None and rec.timestamp is not None and rec.timestamp >= 0:
                 not_after = rec.timestamp + max_future_ms
@@ -192,6 +195,8 @@ def plan_batch(
                 out.clocks += 1
             elif kind == ERASE_HEADER:
                 parsed = parse_erase(rec.value, rec.key)
+            elif kind == DELIVERY_HEADER:
+                parsed = parse_delivery(rec.value, rec.key)
             else:
                 parsed = parse_touchpoint(
                     rec.value, jmap, key=rec.key, max_bytes=max_event_bytes, not_after=not_after

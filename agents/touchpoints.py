@@ -88,7 +88,9 @@ class TouchpointsAgent:
         self.nudges = NudgeDispatcher(
             s, rt.journey_map, self.gate, lambda: aiokafka_producer(rt.app), rt.metrics, clock
         )
+        self.nudges.scan = rt.stored
         rt.lifecycle.add_listener(self.nudges)
+        rt.readiness.append(self.nudges.unready_because)
         self.stages = rt.stage_counts
         self.deadlines = DeadlineIndex(partition_scan(rt, self.nudges, self.stages, clock))
         rt.lifecycle.add_listener(self.deadlines)

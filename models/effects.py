@@ -67,22 +67,45 @@ def _nudge(
 
 
 def _close_nudges(x: Extras, cid: str, at: int, converted: Any) -> None:
-    """Settle open nudges: ``converted(ref)`` True converts, else windows past ``at`` lapse."""
+    """Settle open nudges: ``converted(ref)`` True converts, else windows past ``at`` lapse.
+
+    An outcome record is written only for a nudge the gate sent or held out
+    on purpose (its delivery record came first); one that never went out
+    (capped, expired, or not decided yet) closes as ``undelivered``, so the
+    holdout's lift compares only nudges that were really sent with their
+    held-out twins."""
     if not x.nudges or all(r.outcome is not None for r in x.nudges):
         return
     refs = []
     for r in x.nudges:
         if r.outcome is None:
-            if at <= r.window_end and converted(r):
-                r = NudgeRef(r.nudge_id, r.kind, r.stage, r.created_at, r.window_end, r.held_out, "converted")
-                x.outputs.append(NudgeOutcome(r.nudge_id, cid, r.kind, r.held_out, True, at))
-            elif at > r.window_end:
+            won = at <= r.window_end and converted(r)
+            if won or at > r.window_end:
+                delivered = r.delivery in ("sent", "held_out")
+                outcome = ("converted" if won else "not_converted") if delivered else "undelivered"
                 r = NudgeRef(
-                    r.nudge_id, r.kind, r.stage, r.created_at, r.window_end, r.held_out, "not_converted"
+                    r.nudge_id, r.kind, r.stage, r.created_at, r.window_end, r.held_out, outcome, r.delivery
                 )
-                x.outputs.append(NudgeOutcome(r.nudge_id, cid, r.kind, r.held_out, False, r.window_end))
+                if delivered:
+                    x.outputs.append(
+                        NudgeOutcome(r.nudge_id, cid, r.kind, r.held_out, won, at if won else r.window_end)
+                    )
         refs.append(r)
     x.nudges = tuple(refs)
+
+
+def deliver(refs: tuple[NudgeRef, ...], nudge_id: str, delivery: str) -> tuple[NudgeRef, ...]:
+    """The nudges with the gate's decision for ``nudge_id`` recorded (the same
+    tuple if there is nothing to record: an unknown id, a repeat)."""
+    for i, r in enumerate(refs):
+        if r.nudge_id == nudge_id:
+            if r.delivery is not None:
+                return refs  # decided once: a repeat changes nothing
+            new = NudgeRef(
+                r.nudge_id, r.kind, r.stage, r.created_at, r.window_end, r.held_out, r.outcome, delivery
+            )
+            return (*refs[:i], new, *refs[i + 1 :])
+    return refs
 
 
 def on_event(

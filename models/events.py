@@ -298,3 +298,44 @@ def parse_erase(raw: bytes | None, key: bytes | None) -> Erase | Rejection:
     if key is not None and key != cid.encode():
         return Rejection("key_mismatch", "the message key must be the customer_id")
     return Erase(cid, eid, at)
+
+
+# A delivery record: what the nudge gate decided for one nudge (sent, held
+# out, capped by the frequency caps, or expired in the outbox). The worker's
+# dispatcher sends it through the touchpoints topic, keyed by the customer,
+# with this header, so the decision reaches the customer's state in order
+# with their events: a nudge's outcome is reported only for a nudge that
+# went out (or was held out on purpose).
+DELIVERY_HEADER: Final = "journey-delivery"
+DELIVERIES: Final = ("sent", "held_out", "capped", "expired")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The gate's decision for one of a customer's nudges."""
+
+    customer_id: str
+    nudge_id: str
+    delivery: str  # one of DELIVERIES
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {"delivery": self.delivery, "nudge_id": self.nudge_id, "customer_id": self.customer_id}
+        )
+
+
+def parse_delivery(raw: bytes | None, key: bytes | None) -> Delivery | Rejection:
+    """Validate a delivery record (one with the :data:`DELIVERY_HEADER` header)."""
+    obj = _json_object(raw, "a delivery record")
+    if isinstance(obj, Rejection):
+        return obj
+    cid, nid, what = obj.get("customer_id"), obj.get("nudge_id"), obj.get("delivery")
+    problem = id_problem(cid, "customer_id") or id_problem(nid, "nudge_id")
+    if problem is not None:
+        return Rejection("bad_field", problem)
+    if what not in DELIVERIES:
+        return Rejection("bad_field", f"delivery must be one of {', '.join(DELIVERIES)}")
+    assert isinstance(cid, str) and isinstance(nid, str) and isinstance(what, str)
+    if key is not None and key != cid.encode():
+        return Rejection("key_mismatch", "the message key must be the customer_id")
+    return Delivery(cid, nid, what)

@@ -28,14 +28,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from models.effects import Extras, on_clock, on_event
-from models.events import Clock, Erase, Touchpoint
+from models.effects import Extras, deliver, on_clock, on_event
+from models.events import Clock, Delivery, Erase, Touchpoint
 from models.frozen import fast_init
 from models.journey_map import JourneyMap, Stage
 from models.outputs import Erased, Output
 from models.state import DEDUP_WINDOW, CustomerState, Transition
 
-Item = Touchpoint | Clock | Erase
+Item = Touchpoint | Clock | Erase | Delivery
 CLOCK_CHANNEL = "clock"  # the channel of a transition a clock reading caused
 
 
@@ -98,6 +98,11 @@ def apply(jmap: JourneyMap, state: CustomerState | None, ev: Item) -> Step:
         return Step(None, None, outputs=(Erased(ev.erasure_id, ev.customer_id, ev.at),) if state else ())
     if isinstance(ev, Clock):
         return _apply_clock(jmap, state, ev) if state is not None else Step(None, None)
+    if isinstance(ev, Delivery):
+        if state is None:
+            return Step(None, None)
+        nudges = deliver(state.nudges, ev.nudge_id, ev.delivery)
+        return Step(state if nudges is state.nudges else replace(state, nudges=nudges), None)
     if state is not None and ev.event_id in state.recent_ids:
         return Step(state, None, duplicate=True)
 
@@ -383,6 +388,17 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
                 outputs.append(Erased(ev.erasure_id, ev.customer_id, ev.at))
                 out.erased = out.changed = True
             work = base = out.state = None
+            continue
+        if isinstance(ev, Delivery):
+            if work is None:
+                if base is None:
+                    continue  # for nobody (an erased customer, say)
+                work = _Working(base, outputs)
+            x = work.extras
+            nudges = deliver(x.nudges, ev.nudge_id, ev.delivery)
+            if nudges is not x.nudges:
+                x.nudges = nudges
+                out.changed = True
             continue
         if isinstance(ev, Clock):
             if work is None:

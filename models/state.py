@@ -63,7 +63,10 @@ class NudgeRef:
     created_at: int
     window_end: int
     held_out: bool
-    outcome: str | None = None  # None while open; "converted" or "not_converted"
+    # None while open; "converted" or "not_converted" (an outcome record says
+    # which), or "undelivered" (the nudge never went out: no outcome record)
+    outcome: str | None = None
+    delivery: str | None = None  # what the gate decided (models.events.DELIVERIES), once known
 
 
 @fast_init
@@ -119,6 +122,7 @@ class CustomerState:
                 "stage": n.stage,
                 "created_at": ms_to_iso(n.created_at),
                 "held_out": n.held_out,
+                "delivery": n.delivery,
                 "outcome": n.outcome,
             }
             for n in self.nudges
@@ -167,7 +171,10 @@ def _drift_list(d: Drift) -> list[Any]:
 
 
 def _nudge_list(n: NudgeRef) -> list[Any]:
-    return [n.nudge_id, n.kind, n.stage, n.created_at, n.window_end, n.held_out, n.outcome]
+    out = [n.nudge_id, n.kind, n.stage, n.created_at, n.window_end, n.held_out, n.outcome]
+    if n.delivery is not None:  # values written before the field read without it
+        out.append(n.delivery)
+    return out
 
 
 def state_from_dict(d: Mapping[str, Any]) -> CustomerState:

@@ -87,6 +87,7 @@ class TrackerMetrics:
     win_backs: Counter
     clock_readings: Counter
     nudge_gate_up: Gauge
+    outbox_spills: Counter
     view_writes: Counter
     view_pending: Gauge
     view_up: Gauge
@@ -185,6 +186,12 @@ class TrackerMetrics:
             nudge_gate_up=Gauge(
                 f"{prefix}_nudge_gate_up",
                 "1 while Redis (nudge caps and de-duplication) answers; 0 while nudges wait for it",
+                registry=registry,
+            ),
+            outbox_spills=Counter(
+                f"{prefix}_nudge_outbox_spills",
+                "Nudges left in the table because the outbox was full (its partition is rescanned once "
+                "the outbox has room; the worker is unready meanwhile)",
                 registry=registry,
             ),
             view_writes=Counter(

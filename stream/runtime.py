@@ -80,6 +80,8 @@ class Runtime:
     store: TableStore = field(init=False)
     # Sections agents add to /health: name -> a function returning them.
     health: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    # Checks that can make the worker unready: each returns why, or None.
+    readiness: list[Callable[[], str | None]] = field(default_factory=list)
     # Who this worker is, for its peers (GET /funnel counts each worker once by it).
     worker_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 

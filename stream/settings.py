@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     view_prefix: str = Field(
         "journey:view:", description="Prefix of the serving view hashes in Redis (key: prefix + customer id)"
     )
+    nudge_outbox_max: int = Field(
+        100_000,
+        ge=1,
+        description="Nudges waiting for the gate (Redis, quiet hours) a worker holds in memory; beyond it "
+        "they stay in the table (counted), the worker is unready, and the partition is rescanned once "
+        "the outbox has room again",
+    )
     view_ttl_s: int = Field(
         30 * 86_400,
         ge=0,

@@ -157,7 +157,12 @@ class Watchdog:
             and not rt.app.rebalancing
             and not self.report.problems
             and not self.missing_topics
+            and not self.unready_because()
         )
+
+    def unready_because(self) -> list[str]:
+        """What the worker's parts say keeps it unready (a spilled nudge outbox...)."""
+        return [why for check in self.rt.readiness if (why := check()) is not None]
 
 
 async def forward_to_owner(rt: Runtime, view: View, request: Request, partition: int) -> Response:
@@ -252,6 +257,7 @@ def register(rt: Runtime) -> Watchdog:
                 # Changes with every rebalance of the consumer group.
                 "generation": app.consumer_generation_id,
                 "problems": {str(p): v for p, v in sorted(watchdog.report.problems.items())},
+                "unready_because": watchdog.unready_because(),
                 "progress": rt.lifecycle.describe(settings.stall_unready_s),
                 **{name: section() for name, section in rt.health.items()},
             }

@@ -55,13 +55,17 @@ class Gate:
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.decided: set[str] = set()
         self.forgotten: list[list[str]] = []
         self.done: list[Any] = []
         self.down = False
 
     async def claim_many(self, requests: list[Any]) -> list[Claim]:
+        """Each nudge id decided once, as the real gate's script does."""
         await self.release.wait()
-        return [Claim("sent", True) for _ in requests]
+        out = [Claim("sent", r.nudge_id not in self.decided) for r in requests]
+        self.decided.update(r.nudge_id for r in requests)
+        return out
 
     async def done_many(self, items: list[Any]) -> None:
         self.done.extend(items)
@@ -80,8 +84,9 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bytes | None]]:
         def __init__(self, producer: Any) -> None:
             pass
 
-        def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
-            out.append((topic, key))
+        def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None, *rest: Any) -> None:
+            if topic != Settings().touchpoints_topic:  # nudges only, not their delivery records
+                out.append((topic, key))
 
         async def send(self) -> dict[Any, int]:
             return {}
@@ -134,5 +139,40 @@ def test_owed_deletes_stay_owed_while_redis_is_down(sent: list[tuple[str, bytes 
         gate.down = False
         await d.flush()
         assert d.ledger.owed() == [] and d.gate_up and gate.forgotten == [["gone"]]
+
+    asyncio.run(run())
+
+
+def test_a_full_outbox_spills_to_the_table_and_is_refilled_by_a_rescan(
+    sent: list[tuple[str, bytes | None]],
+) -> None:
+    """Nothing is evicted: past the bound a nudge stays in the table, its
+    partition is marked, counted, the worker unready; once the outbox has
+    room the partition's stored open nudges come back."""
+    from types import SimpleNamespace
+
+    async def run() -> None:
+        gate = Gate()
+        gate.release.set()
+        d = dispatcher(gate)
+        d.max_pending = 4
+        d.on_partition_ready(0)
+        stored = [nudge(f"c{i}", f"n{i}") for i in range(10)]
+        for n in stored:
+            d.submit(0, n)
+        assert len(d) == 4 and d.spilled == {0}
+        assert d.unready_because() is not None
+        assert d._metrics.outbox_spills._value.get() == 6  # type: ignore[attr-defined]
+        # The table has every customer's open nudge; a rescan puts them back.
+        d.scan = lambda p: [(0, SimpleNamespace(nudges=(n,), nudge=n)) for n in stored]
+
+        def resubmit(partition: int, state: Any, now: int) -> None:
+            d.submit(partition, state.nudge)
+
+        d.resubmit_open = resubmit  # type: ignore[method-assign]
+        for _ in range(5):
+            await d.flush()
+        assert sorted(k for _, k in sent) == sorted(f"c{i}".encode() for i in range(10))
+        assert d.spilled == set() and d.unready_because() is None and len(d) == 0
 
     asyncio.run(run())

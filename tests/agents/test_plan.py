@@ -266,6 +266,7 @@ def test_a_flood_of_dead_letters_is_logged_in_summary(monkeypatch: pytest.Monkey
         metrics=TrackerMetrics.create(CollectorRegistry(), lifecycle),
         stage_counts=StageCounts(MAP.stage_names),
         health={},
+        readiness=[],
     )
     result = plan([Rec(1, i, b"k", b"?") for i in range(50)])
     with caplog.at_level("WARNING", logger=agent.__name__):

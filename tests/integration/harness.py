@@ -438,17 +438,19 @@ def topic_records(settings: Settings, topic: str) -> list[dict[str, Any]]:
 
 def fold_topic(settings: Settings, jmap: Any = MAP) -> dict[str, CustomerState]:
     """The plain fold of everything in the touchpoints topic: events and the
-    worker's clock records alike, each partition in offset order."""
-    from models.events import CLOCK_HEADER, parse_clock
+    worker's clock and delivery records alike, each partition in offset order."""
+    from models.events import CLOCK_HEADER, DELIVERY_HEADER, parse_clock, parse_delivery
     from models.reducer import fold
 
     items: list[Touchpoint | Any] = []
     for rec in read_topic(settings, settings.touchpoints_topic):
-        parsed = (
-            parse_clock(rec.value, rec.key)
-            if CLOCK_HEADER in rec.headers
-            else parse_touchpoint(rec.value, jmap, key=rec.key)
-        )
+        parsed: Any
+        if CLOCK_HEADER in rec.headers:
+            parsed = parse_clock(rec.value, rec.key)
+        elif DELIVERY_HEADER in rec.headers:
+            parsed = parse_delivery(rec.value, rec.key)
+        else:
+            parsed = parse_touchpoint(rec.value, jmap, key=rec.key)
         if not isinstance(parsed, Rejection):
             items.append(parsed)
     return fold(jmap, items)

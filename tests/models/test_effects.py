@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from models import Touchpoint, fold_customer, load_map, parse_map
 from models.drift import decayed
 from models.errors import MapError
-from models.events import Clock
+from models.events import Clock, Delivery
 from models.nudges import held_out, quiet_release
 from models.outputs import ChurnRisk, Nudge, NudgeOutcome, Recovered, StallRecord
 from models.rules import QuietHours
@@ -52,8 +52,11 @@ def test_an_abandoned_cart_stalls_once_and_earns_one_reminder() -> None:
     assert stall.stage == "cart" and stall.deadline == T0 + MIN + HOUR and stall.threshold_s == 3600
     assert nudge.kind == "cart_reminder" and nudge.reason["episode_id"] == stall.episode_id
     assert out.state is not None and out.state.stall is not None
-    # Buying later ends the episode and converts the reminder.
-    after = fold_customer(MAP, out.state, [ev("purchase", 3 * HOUR, cid)])
+    # The gate sent it (the worker's delivery record); buying later ends the
+    # episode and converts the reminder.
+    after = fold_customer(
+        MAP, out.state, [Delivery(cid, nudge.nudge_id, "sent"), ev("purchase", 3 * HOUR, cid)]
+    )
     assert kinds(after.outputs) == ["Recovered", "NudgeOutcome"]
     rec, outcome = after.outputs
     assert isinstance(rec, Recovered) and rec.episode_id == stall.episode_id and rec.to_stage == "purchase"
@@ -82,10 +85,60 @@ def test_a_backfilled_stall_counts_but_earns_no_stale_nudge() -> None:
 
 def test_held_out_customers_get_a_held_out_nudge_and_an_outcome() -> None:
     cid = next(f"h{i}" for i in itertools.count() if held_out(f"h{i}", 0.10))
-    out = fold_customer(MAP, None, [ev("add_to_cart", 0, cid), clock(HOUR, cid), clock(HOUR + 3 * DAY, cid)])
-    nudge = next(o for o in out.outputs if isinstance(o, Nudge))
+    first = fold_customer(MAP, None, [ev("add_to_cart", 0, cid), clock(HOUR, cid)])
+    nudge = next(o for o in first.outputs if isinstance(o, Nudge))
+    out = fold_customer(
+        MAP, first.state, [Delivery(cid, nudge.nudge_id, "held_out"), clock(HOUR + 3 * DAY, cid)]
+    )
     outcome = next(o for o in out.outputs if isinstance(o, NudgeOutcome))
     assert nudge.held_out and outcome.held_out and not outcome.converted
+
+
+@pytest.mark.parametrize("delivery", [None, "capped", "expired"])
+def test_a_nudge_that_never_went_out_closes_without_an_outcome(delivery: str | None) -> None:
+    """Outcomes only for nudges sent or held out on purpose: a capped or
+    expired one (or one never decided) would skew the holdout's lift."""
+    cid = nudged_customer("u")
+    first = fold_customer(MAP, None, [ev("add_to_cart", 0, cid), clock(HOUR, cid)])
+    nudge = next(o for o in first.outputs if isinstance(o, Nudge))
+    items: list[object] = [] if delivery is None else [Delivery(cid, nudge.nudge_id, delivery)]
+    out = fold_customer(MAP, first.state, [*items, ev("purchase", 2 * HOUR, cid)])  # type: ignore[list-item]
+    assert not any(isinstance(o, NudgeOutcome) for o in out.outputs)
+    assert out.state is not None
+    ref = next(r for r in out.state.nudges if r.nudge_id == nudge.nudge_id)
+    assert (ref.outcome, ref.delivery) == ("undelivered", delivery)
+
+
+def test_a_delivery_is_recorded_once_and_survives_storage() -> None:
+    from stream.codec import decode_stored, encode_stored
+
+    cid = nudged_customer("d")
+    first = fold_customer(MAP, None, [ev("add_to_cart", 0, cid), clock(HOUR, cid)])
+    nudge = next(o for o in first.outputs if isinstance(o, Nudge))
+    out = fold_customer(
+        MAP,
+        first.state,
+        [
+            Delivery(cid, nudge.nudge_id, "sent"),
+            Delivery(cid, nudge.nudge_id, "capped"),
+            Delivery(cid, "x", "sent"),
+        ],
+    )
+    assert out.changed and out.state is not None
+    assert [r.delivery for r in out.state.nudges] == ["sent"]
+    assert decode_stored(encode_stored(3, out.state))[1] == out.state
+    again = fold_customer(MAP, out.state, [Delivery(cid, nudge.nudge_id, "sent")])
+    assert not again.changed
+    # The plain, item-by-item fold agrees with the batch fold.
+    from models.reducer import fold
+
+    items = [
+        ev("add_to_cart", 0, cid),
+        clock(HOUR, cid),
+        Delivery(cid, nudge.nudge_id, "sent"),
+        ev("purchase", 2 * HOUR, cid),
+    ]
+    assert fold(MAP, items)[cid] == fold_customer(MAP, None, items).state
 
 
 def test_a_complaining_inactive_customer_ends_at_risk_then_defected() -> None:
