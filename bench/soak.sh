@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The engine's slow fault tests, outside `make test`: the join-then-leave
-# rebalance test N times in a row (default 20), then the 60 s broker outage.
+# rebalance test N times in a row (default 20), then the 60 s broker outage,
+# then Redis hung for 60 s through a stall burst three times the nudge outbox's bound.
 # Needs the local stack (deploy/local/stack.sh up); prints a line per run and
 # a last line `soak: P passed, F failed`. Each run keeps its worker logs.
 #
@@ -26,6 +27,12 @@ if JOURNEY_TEST_LONG=1 .venv/bin/pytest -q -p no:cacheprovider \
     passed=$((passed + 1)); echo "60 s broker outage: passed"
 else
     failed=$((failed + 1)); echo "60 s broker outage: FAILED (log: $logs/outage-60s.log)"
+fi
+if JOURNEY_TEST_LONG=1 .venv/bin/pytest -q -p no:cacheprovider \
+    tests/integration/test_outbox.py >"$logs/outbox-redis-60s.log" 2>&1; then
+    passed=$((passed + 1)); echo "Redis hung 60 s through a stall burst past the outbox bound: passed"
+else
+    failed=$((failed + 1)); echo "Redis hung 60 s through a stall burst: FAILED (log: $logs/outbox-redis-60s.log)"
 fi
 echo "soak: $passed passed, $failed failed"
 ((failed == 0))

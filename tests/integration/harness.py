@@ -162,6 +162,18 @@ class WorkerProcess:
             return "(no log)"
 
 
+def start_ready_worker(settings: Settings, tmp_path: Path, spawn: list[WorkerProcess]) -> WorkerProcess:
+    """The tracker's topics, then one worker (log ``worker.log`` under
+    ``tmp_path``), in ``spawn`` for the teardown, answering ready on /health."""
+    from stream.kafka_tools import ensure_topics, tracker_topics
+
+    ensure_topics(settings, tracker_topics(settings))
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    spawn.append(worker)
+    worker.wait_ready()
+    return worker
+
+
 def start_ready_pair(
     settings: Settings, tmp_path: Path, spawn: list[WorkerProcess]
 ) -> tuple[WorkerProcess, WorkerProcess]:

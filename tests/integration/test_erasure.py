@@ -16,6 +16,7 @@ from tests.integration.harness import (
     make_settings,
     send_messages,
     start_ready_pair,
+    start_ready_worker,
     topic_records,
     wait_for,
     wait_processed,
@@ -104,10 +105,7 @@ def test_glob_like_ids_erase_only_themselves(spawn: list[WorkerProcess], tmp_pat
     from urllib.parse import quote
 
     s = make_settings(tmp_path, partitions=2, map_path=DEMO_MAP)
-    ensure_topics(s, tracker_topics(s))
-    w = WorkerProcess(s, tmp_path / "worker.log").start()
-    spawn.append(w)
-    w.wait_ready()
+    w = start_ready_worker(s, tmp_path, spawn)
     globs, kept = ["*", "?", "[", "\\", "kee*"], "keep-me"
     send_messages(
         s,

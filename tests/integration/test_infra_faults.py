@@ -9,13 +9,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from stream.kafka_tools import admin, ensure_topics, tracker_topics
+from stream.kafka_tools import admin, tracker_topics
 from stream.simulator import generate
 from tests.integration.harness import (
     KafkaOutage,
     WorkerProcess,
     make_settings,
     send_messages,
+    start_ready_worker,
     wait_applying,
     wait_processed,
 )
@@ -25,10 +26,7 @@ def test_a_worker_whose_topics_vanish_says_so_once_and_exits(
     spawn: list[WorkerProcess], tmp_path: Path
 ) -> None:
     s = make_settings(tmp_path, partitions=2, watchdog_interval_s=1.0)
-    ensure_topics(s, tracker_topics(s))
-    w = WorkerProcess(s, tmp_path / "worker.log").start()
-    spawn.append(w)
-    w.wait_ready()
+    w = start_ready_worker(s, tmp_path, spawn)
     send_messages(s, generate(50, seed=71))
     wait_processed(s, [w])
     client = admin(s)
@@ -51,10 +49,7 @@ def test_sigterm_stops_a_worker_within_the_bound_with_the_broker_away(
     spawn: list[WorkerProcess], tmp_path: Path
 ) -> None:
     s = make_settings(tmp_path, partitions=2, stop_timeout_s=8.0)
-    ensure_topics(s, tracker_topics(s))
-    w = WorkerProcess(s, tmp_path / "worker.log").start()
-    spawn.append(w)
-    w.wait_ready()
+    w = start_ready_worker(s, tmp_path, spawn)
     send_messages(s, generate(3000, seed=72))
     wait_applying(w)
     assert w.proc is not None

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stream.kafka_tools import ensure_topics, read_topic, tracker_topics
+from stream.kafka_tools import read_topic
 from stream.partitioning import key_partition
 from stream.simulator import generate
 from tests.integration.harness import (
     WorkerProcess,
     expected,
     make_settings,
+    start_ready_worker,
     stored_states,
     wait_for,
     wait_processed,
@@ -25,10 +26,7 @@ def test_events_from_confluent_kafka_with_its_default_partitioner_are_all_applie
     from confluent_kafka import Producer
 
     s = make_settings(tmp_path, partitions=8)
-    ensure_topics(s, tracker_topics(s))
-    worker = WorkerProcess(s, tmp_path / "worker.log").start()
-    spawn.append(worker)
-    worker.wait_ready()
+    worker = start_ready_worker(s, tmp_path, spawn)
     messages = generate(200, seed=61, duplicates=0.05)
     producer = Producer({"bootstrap.servers": ",".join(s.bootstrap_servers)})  # librdkafka's defaults
     for m in messages:

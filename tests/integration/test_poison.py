@@ -25,6 +25,7 @@ from tests.integration.harness import (
     dead_letters,
     make_settings,
     send_messages,
+    start_ready_worker,
     wait_for,
     wait_processed,
 )
@@ -66,10 +67,7 @@ def test_poison_through_kafka_and_http_is_refused_and_the_worker_lives(
     spawn: list[WorkerProcess], tmp_path: Path
 ) -> None:
     s = make_settings(tmp_path, partitions=4, store="rocksdb://")
-    ensure_topics(s, tracker_topics(s))
-    w = WorkerProcess(s, tmp_path / "worker.log").start()
-    spawn.append(w)
-    w.wait_ready()
+    w = start_ready_worker(s, tmp_path, spawn)
     now = int(time.time() * 1000)
     cases = poison(now)
     messages = [SimMessage(str(ev["customer_id"]).encode(), orjson.dumps(ev)) for ev, _ in cases]
@@ -142,7 +140,7 @@ MESSAGES = st.lists(
 )
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(messages=MESSAGES)
 def test_any_bytes_and_keys_are_applied_or_dead_lettered_exactly_once(
     fuzz_worker: tuple[WorkerProcess, Settings], messages: list[tuple[bytes | None, bytes | None]]

@@ -14,7 +14,6 @@ import redis
 
 from models import Touchpoint, fold, load_map
 from models.state import CustomerState
-from stream.kafka_tools import ensure_topics, tracker_topics
 from stream.serving_view import ServingView
 from stream.settings import Settings
 from stream.simulator import generate
@@ -23,6 +22,7 @@ from tests.integration.harness import (
     WorkerProcess,
     make_settings,
     send_messages,
+    start_ready_worker,
     stored_states,
     wait_for,
     wait_processed,
@@ -51,10 +51,7 @@ def test_the_view_mirrors_the_table_and_catches_up_after_a_redis_outage(
     spawn: list[WorkerProcess], tmp_path: Path
 ) -> None:
     s = make_settings(tmp_path, partitions=4, view_retry_s=0.5)
-    ensure_topics(s, tracker_topics(s))
-    worker = WorkerProcess(s, tmp_path / "worker.log").start()
-    spawn.append(worker)
-    worker.wait_ready()
+    worker = start_ready_worker(s, tmp_path, spawn)
     send_messages(s, generate(120, seed=41))
     wait_processed(s, [worker])
     states = stored_states(s)
@@ -197,10 +194,7 @@ def test_the_view_equals_the_table_after_script_flushes_while_events_flow(
     import threading
 
     s = make_settings(tmp_path, partitions=4, view_retry_s=0.5)
-    ensure_topics(s, tracker_topics(s))
-    worker = WorkerProcess(s, tmp_path / "worker.log").start()
-    spawn.append(worker)
-    worker.wait_ready()
+    worker = start_ready_worker(s, tmp_path, spawn)
     r = redis.Redis.from_url(s.redis_url)
     sender = threading.Thread(target=send_messages, args=(s, generate(3000, seed=43), 1500.0))
     sender.start()
