@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT))
 
 from agents.plan import plan_batch  # noqa: E402
 from models import load_map, parse_touchpoint  # noqa: E402
-from stream.codec import encode_stored  # noqa: E402
 from stream.partitioning import key_partition  # noqa: E402
 from stream.runtime import tune_gc  # noqa: E402
 from stream.settings import Settings  # noqa: E402
@@ -72,9 +71,9 @@ def run(recs: list[Rec], batch: int, cache_size: int) -> float:
             by_partition[r.partition].append(r)
         plan = plan_batch(jmap, by_partition, states.load, partitions=PARTITIONS, max_event_bytes=65536)
         for u in plan.changed:
-            assert u.fold.state is not None
+            assert u.fold.state is not None and u.encoded is not None  # encoded by the planner
             key = u.customer_id.encode()
-            table[key] = encode_stored(u.last_offset, u.fold.state)
+            table[key] = u.encoded
             states.stored(u.partition, key, (u.last_offset, u.fold.state))
     return len(recs) / (time.perf_counter() - start)
 

@@ -106,6 +106,13 @@ def _depth(value: object, level: int = 1) -> int:
 
 def id_problem(value: object, name: str) -> str | None:
     """Why ``value`` cannot be an id (event, customer), or None if it can."""
+    if (
+        type(value) is str
+        and 0 < len(value) <= MAX_ID_LEN
+        and value.isprintable()  # the common case: no control character in it
+        and not value.startswith("__")
+    ):
+        return None
     if not isinstance(value, str) or not value:
         return f"{name} must be a non-empty string"
     if len(value) > MAX_ID_LEN:
