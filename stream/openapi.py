@@ -191,7 +191,9 @@ def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
                         ),
                         "400": _json(error, "the body is not JSON"),
                         "401": _json(error, "a bearer token is required"),
+                        "403": _json(error, "no token: a foreign Host (bad_host) or Origin (cross_origin)"),
                         "413": _json(error, "too many events or too many bytes"),
+                        "415": _json(error, "no token set: the Content-Type is not application/json"),
                         "503": _json(error, "the broker did not take the events; retry after Retry-After"),
                     },
                 }
@@ -204,8 +206,10 @@ def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
                     "summary": "One customer's journey, from whichever worker owns it",
                     "responses": {
                         "200": _json(_ref("Customer"), "the customer"),
+                        "400": _json(error, "not a customer id the contract accepts"),
                         "401": _json(error, "a bearer token is required"),
                         "404": _json(error, "never seen"),
+                        "503": _json(error, "no worker owns the customer's partition now (rebalancing)"),
                     },
                 },
                 "delete": {
@@ -225,6 +229,8 @@ def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
                         ),
                         "400": _json(error, "not a customer id"),
                         "401": _json(error, "a bearer token is required"),
+                        "403": _json(error, "no token: a foreign Host (bad_host) or Origin (cross_origin)"),
+                        "415": _json(error, "no token set: the Content-Type is not application/json"),
                         "503": _json(error, "the broker did not take the erasure; retry after Retry-After"),
                     },
                 },
