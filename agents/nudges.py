@@ -259,9 +259,8 @@ class NudgeDispatcher:
                 del self.pending[n.nudge_id]
             elif not claim.pending:
                 del self.pending[n.nudge_id]  # decided and produced before (a replay or a restart)
-                if claim.decision != "capped":  # its delivery record again, in case it was lost
-                    self._add_delivery(out, p, claim)
-                    repeats += 1
+                self._add_delivery(out, p, claim)  # its delivery record again, in case it was lost
+                repeats += 1
             else:
                 topic = (
                     self._settings.held_out_topic

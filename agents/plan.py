@@ -27,7 +27,6 @@ data never stops the worker.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -245,7 +244,12 @@ def plan_batch(
         except Exception as exc:
             # One customer's data never stops the worker: its events of this
             # batch go to the dead-letter topic, its stored state stays.
-            _PROCESSING_ERRORS.log(cid, exc)
+            # (the worker's log filter, stream.repeat_log, holds back repeats with a count)
+            log.error(
+                "the journey core raised for customer %r; its events are dead-lettered",
+                cid[:64],
+                exc_info=exc,
+            )
             detail = f"the tracker could not apply this customer's events: {exc!r}"[:500]
             for _, rec in run:
                 dead.append(DeadLetter(rec, "processing_error", detail))
@@ -276,30 +280,3 @@ def _build(jmap: JourneyMap, u: CustomerUpdate) -> None:
         if fold.changed:
             u.encoded = encode_stored(u.last_offset, state)
         u.deadline = deadline_of(jmap, state)
-
-
-class _ErrorLog:
-    """Logs a repeated failure once per interval, with how many there were."""
-
-    def __init__(self, what: str, every_s: float = 60.0) -> None:
-        self.what, self.every_s = what, every_s
-        self.count = 0
-        self.last = float("-inf")
-
-    def log(self, subject: str, exc: BaseException) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if now - self.last >= self.every_s:
-            self.last = now
-            log.error(
-                "%s (%d since the last report); the latest: customer %r: %r",
-                self.what,
-                self.count,
-                subject[:64],
-                exc,
-                exc_info=exc,
-            )
-            self.count = 0
-
-
-_PROCESSING_ERRORS = _ErrorLog("the journey core raised for a customer, its events are dead-lettered")

@@ -126,17 +126,13 @@ def local_only_middleware(port: int) -> Any:
 def effective_bind(settings: Settings) -> str:
     """The address the web server binds to: ``JOURNEY_WEB_BIND`` with a token,
     127.0.0.1 without one, whatever the setting says."""
-    return (
-        settings.web_bind
-        if settings.api_token is not None and settings.api_token.get_secret_value()
-        else "127.0.0.1"
-    )
+    return settings.web_bind if settings.token else "127.0.0.1"
 
 
 def secure(rt: Runtime) -> None:
     """Apply the token policy to the worker's web server (before it starts)."""
     settings = rt.settings
-    token = settings.api_token.get_secret_value() if settings.api_token is not None else None
+    token = settings.token
     middlewares = rt.app.web.web_app.middlewares  # type: ignore[attr-defined]
     if token:
         middlewares.append(token_middleware(token))
@@ -340,7 +336,7 @@ async def gather_funnel(rt: Runtime) -> tuple[list[dict[str, Any]], list[str]]:
     from stream.faust_compat import peer_urls
     from stream.web import own_url
 
-    token = rt.settings.api_token.get_secret_value() if rt.settings.api_token is not None else None
+    token = rt.settings.token
     own = own_url(rt)
     parts = [local_funnel(rt)]
     seen = {rt.worker_id}

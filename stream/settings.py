@@ -180,6 +180,11 @@ class Settings(BaseSettings):
         return [p.strip().removeprefix("kafka://") for p in self.broker.split(",")]
 
     @property
+    def token(self) -> str | None:
+        """The API token's value, None when unset or empty."""
+        return self.api_token.get_secret_value() or None if self.api_token is not None else None
+
+    @property
     def changelog_topic(self) -> str:
         """Faust's name for the customers table changelog."""
         return f"{self.app_id}-customers-changelog"

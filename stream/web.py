@@ -183,7 +183,7 @@ async def forward_to_owner(rt: Runtime, view: View, request: Request, partition:
     if url is None or url == own_url(rt):
         return view.json(unavailable, status=503, headers=retry)
     path = request.path_qs  # type: ignore[attr-defined]
-    headers = peer_headers(_token(rt), "GET", path, int(time.time() * 1000))
+    headers = peer_headers(rt.settings.token, "GET", path, int(time.time() * 1000))
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
@@ -198,11 +198,6 @@ async def forward_to_owner(rt: Runtime, view: View, request: Request, partition:
             status=503,
             headers=retry,
         )
-
-
-def _token(rt: Runtime) -> str | None:
-    t = rt.settings.api_token
-    return t.get_secret_value() if t is not None else None
 
 
 def own_url(rt: Runtime) -> str:
