@@ -25,13 +25,11 @@ import time
 from collections.abc import Callable
 
 from agents.nudges import NudgeDispatcher
-from models.effects import deadline_of
 from models.events import CLOCK_HEADER, Clock
-from stream.batching import PartitionBatches
-from stream.deadlines import DeadlineIndex
-from stream.faust_compat import aiokafka_producer
-from stream.runtime import Runtime
-from stream.stage_counts import StageCounts
+from stream.engine.batching import NewBatches
+from stream.engine.deadlines import DeadlineIndex
+from stream.engine.lifecycle import PartitionLifecycle
+from stream.engine.metrics import TrackerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +46,32 @@ class ClockTicker:
     """Per tick: clock records for due customers, then the nudge outbox."""
 
     def __init__(
-        self, rt: Runtime, index: DeadlineIndex, dispatcher: NudgeDispatcher, clock: Callable[[], int]
+        self,
+        topic: str,
+        lifecycle: PartitionLifecycle,
+        index: DeadlineIndex,
+        dispatcher: NudgeDispatcher,
+        batches: NewBatches,
+        metrics: TrackerMetrics,
+        clock: Callable[[], int],
     ) -> None:
-        self.rt = rt
+        """``topic``: the touchpoints topic, where clock records go."""
+        self.topic = topic
+        self.lifecycle = lifecycle
         self.index = index
         self.dispatcher = dispatcher
+        self.batches = batches
+        self.metrics = metrics
         self.clock = clock
 
     async def tick(self) -> int:
         """One tick; returns the clock records sent."""
         now = self.clock()
-        topic = self.rt.settings.touchpoints_topic
-        out = PartitionBatches(aiokafka_producer(self.rt.app))
+        out = self.batches()
         due: list[tuple[int, str]] = []
-        for p in self.rt.lifecycle.ready:
+        for p in self.lifecycle.ready:
             for cid in self.index.pop_due(p, now, MAX_PER_TICK):
-                out.add(topic, p, cid.encode(), Clock(cid, now).to_json(), CLOCK_HEADERS)
+                out.add(self.topic, p, cid.encode(), Clock(cid, now).to_json(), CLOCK_HEADERS)
                 due.append((p, cid))
         if due:
             try:
@@ -73,35 +81,6 @@ class ClockTicker:
                 for p, cid in due:
                     self.index.set(p, cid, now)
                 return 0
-            self.rt.metrics.clock_readings.inc(len(due))
+            self.metrics.clock_readings.inc(len(due))
         await self.dispatcher.flush()
         return len(due)
-
-
-def partition_scan(
-    rt: Runtime, dispatcher: NudgeDispatcher, stages: StageCounts, clock: Callable[[], int]
-) -> Callable[[int], list[tuple[str, int | None]]]:
-    """The one scan of a partition's store when it is ready: every stored
-    customer's next deadline for the deadline index, its open nudges back to
-    the outbox, and the partition's customers per stage."""
-    jmap = rt.journey_map
-
-    def load(partition: int) -> list[tuple[str, int | None]]:
-        started, now = time.monotonic(), clock()
-        out: list[tuple[str, int | None]] = []
-        states = []
-        for _, state in rt.stored(partition):
-            out.append((state.customer_id, deadline_of(jmap, state)))
-            states.append(state)
-            if state.nudges:
-                dispatcher.resubmit_open(partition, state, now)
-        stages.set_partition(partition, states)
-        log.info(
-            "deadline index for partition %d: %d customers scanned in %.2f s",
-            partition,
-            len(out),
-            time.monotonic() - started,
-        )
-        return out
-
-    return load

@@ -32,6 +32,8 @@ from typing import Final
 
 import orjson
 
+from stream.engine.lifecycle import PartitionListener
+
 LEDGER_PREFIX: Final = b"__journey\x00erasures\x00"
 
 
@@ -52,7 +54,7 @@ def decode_ledger(raw: bytes | None) -> dict[str, int]:
     return {str(k): int(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
-class ErasureLedger:
+class ErasureLedger(PartitionListener):
     """Per owned partition, the erasures whose Redis deletes are still owed."""
 
     def __init__(self, read: Callable[[int, bytes], bytes | None]) -> None:
@@ -92,7 +94,7 @@ class ErasureLedger:
         self.dirty.clear()
 
     # PartitionListener
-    def on_partition_ready(self, partition: int) -> None:
+    def on_partition_recovered(self, partition: int) -> None:
         self.pending[partition] = decode_ledger(self._read(partition, ledger_key(partition)))
 
     def on_partition_revoked(self, partition: int) -> None:

@@ -5,7 +5,7 @@ An outbox per owned partition holds every nudge not yet decided by the gate:
 ones just decided by a batch, ones waiting for quiet hours to end, ones
 waiting for Redis to come back. It is memory only, and needs no more: the
 customer's table value lists its open nudges, and when a partition is
-assigned the deadline index's scan puts them back here (the gate answers
+assigned the lifecycle's scan puts them back here (the gate answers
 "already decided" for those that went out). So a crash, a restart or a
 Redis outage neither loses nor doubles a nudge.
 
@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
-from aiokafka import AIOKafkaProducer
 from redis.exceptions import RedisError
 
 from agents.erasures import ErasureLedger
@@ -39,10 +38,11 @@ from models.journey_map import JourneyMap
 from models.nudges import quiet_release
 from models.outputs import Nudge
 from models.state import CustomerState
-from stream.batching import PartitionBatches
-from stream.metrics import TrackerMetrics
-from stream.nudge_gate import Claim, ClaimRequest, GateDown, NudgeGate
-from stream.serving_view import ServingView
+from stream.engine.batching import NewBatches, PartitionBatches
+from stream.engine.lifecycle import PartitionListener
+from stream.engine.metrics import TrackerMetrics
+from stream.redis.gate import Claim, ClaimRequest, GateDown, NudgeGate
+from stream.redis.view import ServingView
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Pending:
     quiet_counted: bool = False
 
 
-class NudgeDispatcher:
+class NudgeDispatcher(PartitionListener):
     """Holds decided nudges until the gate and the broker have taken them."""
 
     def __init__(
@@ -68,20 +68,27 @@ class NudgeDispatcher:
         settings: Settings,
         jmap: JourneyMap,
         gate: NudgeGate,
-        producer: Callable[[], AIOKafkaProducer],
+        batches: NewBatches,
         metrics: TrackerMetrics,
         clock: Callable[[], int],
+        *,
+        scan: Callable[[int], Iterable[CustomerState]] = lambda p: (),
+        ledger: ErasureLedger | None = None,
+        view: ServingView | None = None,
     ) -> None:
+        """``scan(p)``: partition ``p``'s stored customers (a spill's rescan);
+        ``ledger``: erasures whose Redis deletes are owed; ``view``: its
+        hashes go with an erasure too."""
         self._settings = settings
         self._jmap = jmap
         self._gate = gate
-        self._producer = producer
+        self._batches = batches
         self._metrics = metrics
         self._clock = clock
         self._lock = asyncio.Lock()
         self.pending: dict[str, Pending] = {}
-        self.ledger: ErasureLedger | None = None  # erasures whose Redis deletes are owed
-        self.view: ServingView | None = None  # its hashes go with an erasure too
+        self.ledger = ledger
+        self.view = view
         self.gate_up = True
         self.max_pending = settings.nudge_outbox_max
         self.spilled: set[int] = set()  # partitions with open nudges left in the table
@@ -90,7 +97,7 @@ class NudgeDispatcher:
         self._resume: dict[int, int] = {}
         self._rescanning: int | None = None
         self.owned: set[int] = set()
-        self.scan: Callable[[int], Iterable[tuple[int, CustomerState]]] = lambda p: ()
+        self.scan = scan
         metrics.nudge_gate_up.set(1)
 
     def __len__(self) -> int:
@@ -134,7 +141,7 @@ class NudgeDispatcher:
             self.spilled.discard(partition)  # a spill during the rescan marks it again
             start = self._resume.pop(partition, 0)
             now, seen = self._clock(), 0
-            for _, state in self.scan(partition):
+            for state in self.scan(partition):
                 if partition not in self.owned:
                     break  # revoked meanwhile: its next owner's scan has them
                 if seen >= start and state.nudges:
@@ -244,7 +251,7 @@ class NudgeDispatcher:
             self._down(exc)
             return
         self._up()
-        out = PartitionBatches(self._producer())
+        out = self._batches()
         going: list[tuple[Pending, Claim]] = []
         repeats = 0
         for p, claim in zip(due, claims, strict=True):
@@ -341,8 +348,15 @@ class NudgeDispatcher:
         self._metrics.nudge_gate_up.set(1)
 
     # PartitionListener
-    def on_partition_ready(self, partition: int) -> None:
-        self.owned.add(partition)  # the deadline index's scan resubmits the partition's open nudges
+    def on_partition_recovered(self, partition: int) -> None:
+        self.owned.add(partition)
+
+    def on_partition_loaded(self, partition: int, states: Sequence[CustomerState]) -> None:
+        """The open nudges of the stored customers go back to the outbox."""
+        now = self._clock()
+        for state in states:
+            if state.nudges:
+                self.resubmit_open(partition, state, now)
 
     def on_partition_revoked(self, partition: int) -> None:
         self.owned.discard(partition)

@@ -9,7 +9,7 @@ each partition's offset order:
    with another partitioner) becomes a :class:`Move`: the agent produces it
    again there, in arrival order, and it is applied when it comes back. A record
    with the clock header is the worker's own clock reading for a customer
-   whose deadline came (``stream.clock``), applied in order like an event.
+   whose deadline came (``agents.clock``), applied in order like an event.
 2. Skip a record at or below its customer's stored source offset: a replay
    after a crash or rebalance, applied already.
 3. Fold each customer's new events through the core in arrival order
@@ -53,8 +53,8 @@ from models.journey_map import JourneyMap
 from models.outputs import Nudge
 from models.reducer import CustomerFold, fold_customer
 from models.state import CustomerState
-from stream.codec import encode_stored
-from stream.partitioning import key_partition
+from stream.engine.codec import encode_stored
+from stream.engine.partitioning import key_partition
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def plan_batch(
         except Exception as exc:
             # One customer's data never stops the worker: its events of this
             # batch go to the dead-letter topic, its stored state stays.
-            # (the worker's log filter, stream.repeat_log, holds back repeats with a count)
+            # (the worker's log filter, stream.engine.repeat_log, holds back repeats with a count)
             log.error(
                 "the journey core raised for customer %r; its events are dead-lettered",
                 cid[:64],

@@ -1,17 +1,16 @@
 """The touchpoints agent: whole fetched batches in, the core applied, table and topics out.
 
-Faust's consumer hands every fetch of the touchpoints topic to
-:meth:`TouchpointsAgent.handle` as records per partition
-(``stream.faust_compat``). Per fetch:
+The batch pipeline (``stream.engine.pipeline``) hands every fetch of the
+touchpoints topic to :meth:`TouchpointsAgent.handle` as records per
+partition. Per fetch:
 
 1. Plan it (``agents.plan.plan_batch``, pure): validate, skip replays by
    offset, fold each customer's new events through the core.
 2. Produce dead letters, transitions, stall, drift and outcome records, and
    encode the changelog records while the broker's acks come. The next
    fetch plans from the new states from here on (the state cache holds
-   them until they are stored). What follows is the rest of the batch: it
-   runs while the next fetch is fetched and planned, one rest at a time and
-   in fetch order (``stream.faust_compat``).
+   them until they are stored). What follows is the rest of the batch
+   (``stream.engine.pipeline``: it overlaps the next fetch).
 3. Once the outputs are acked, produce each changed customer's changelog
    record (one per customer); count the metrics and the stage counts while
    its acks come; then write the local store with the changelog offset
@@ -19,7 +18,7 @@ Faust's consumer hands every fetch of the touchpoints topic to
 4. Put each customer's next deadline in the deadline index, the nudges
    decided in the outbox (``agents.nudges``; sent now if Redis answers), and
    each changed customer in the serving view's pending map
-   (``stream.serving_view``: written by its own task, never waited for).
+   (``stream.redis.view``: written by its own task, never waited for).
 
 Only after all of that does the consumer move the partition's commit
 position past the fetch, and Faust commits it on its interval (after
@@ -37,21 +36,23 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
-from agents.clock import ClockTicker, partition_scan, wall_clock_ms
+from agents.clock import wall_clock_ms
 from agents.erasures import ErasureLedger
 from agents.nudges import NudgeDispatcher
 from agents.plan import BatchPlan, plan_batch
+from models.journey_map import JourneyMap
 from models.outputs import ChurnRisk, Nudge, StallRecord
-from stream.batching import PartitionBatches, Sent
-from stream.deadlines import DeadlineIndex
-from stream.faust_compat import BatchRoute, Fetch, aiokafka_producer, install_batch_path
-from stream.nudge_gate import NudgeGate
-from stream.runtime import Runtime
-from stream.serving_view import ServingView
-from stream.state_cache import StateCache, Stored
+from stream.engine.batching import NewBatches, PartitionBatches, Sent
+from stream.engine.deadlines import DeadlineIndex
+from stream.engine.metrics import TrackerMetrics
+from stream.engine.pipeline import BatchRest, Fetch
+from stream.engine.stage_counts import StageCounts
+from stream.engine.state_cache import StateCache, Stored
+from stream.faust.store import TableStore
+from stream.redis.view import ServingView
+from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -70,69 +71,46 @@ def exit_on_failure(exc: BaseException) -> None:
 
 
 class TouchpointsAgent:
-    """Moves one fetch at a time between Kafka, the table and the metrics."""
+    """Moves one fetch at a time between Kafka, the table and the metrics.
 
-    def __init__(self, rt: Runtime, clock: Callable[[], int] = wall_clock_ms) -> None:
-        self.rt = rt
-        self.settings = s = rt.settings
+    Built by ``stream.worker.build_worker``, which hands it every part it
+    writes to; it builds none of them.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        jmap: JourneyMap,
+        *,
+        store: TableStore,
+        states: StateCache,
+        batches: NewBatches,
+        metrics: TrackerMetrics,
+        stages: StageCounts,
+        deadlines: DeadlineIndex,
+        nudges: NudgeDispatcher,
+        ledger: ErasureLedger,
+        view: ServingView | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.settings = settings
+        self.jmap = jmap
+        self.table = store
+        self.states = states
+        self.batches = batches
+        self.metrics = metrics
+        self.stages = stages
+        self.deadlines = deadlines
+        self.nudges = nudges
+        self.ledger = ledger
+        self.view = view
         self.clock = clock
+        self._exits = frozenset(st.name for st in jmap.stages if st.exit)
         self._moved, self._moved_logged = 0, float("-inf")
-        self.states = StateCache(rt.store.get, s.state_cache_size)
-        rt.lifecycle.add_listener(self.states)
-        rules = rt.journey_map.nudges
-        status_ttl = (
-            2 * max(rules.max_age_s, max((p.cooldown_s for p in rules.policies), default=0)) + 7 * 86_400
-        )
-        kinds = tuple(p.kind for p in rules.policies)
-        self.gate = NudgeGate(s.redis_url, s.redis_prefix, s.redis_timeout_s, status_ttl, kinds)
-        self.nudges = NudgeDispatcher(
-            s, rt.journey_map, self.gate, lambda: aiokafka_producer(rt.app), rt.metrics, clock
-        )
-        self.nudges.scan = rt.stored
-        rt.lifecycle.add_listener(self.nudges)
-        rt.readiness.append(self.nudges.unready_because)
-        self.stages = rt.stage_counts
-        self.deadlines = DeadlineIndex(partition_scan(rt, self.nudges, self.stages, clock))
-        rt.lifecycle.add_listener(self.deadlines)
-        self.ticker = ClockTicker(rt, self.deadlines, self.nudges, clock)
-        self.view = self._serving_view() if s.view_ttl_s > 0 else None
-        self.ledger = ErasureLedger(rt.store.get)
-        rt.lifecycle.add_listener(self.ledger)
-        self.nudges.ledger, self.nudges.view = self.ledger, self.view
-        rt.health["nudges"] = lambda: {
-            "redis": "up" if self.nudges.gate_up else "down",
-            "waiting": len(self.nudges),
-            "deadlines_indexed": len(self.deadlines),
-            "erasures_owed": len(self.ledger),
-        }
-
-    def _serving_view(self) -> ServingView:
-        rt, s, m = self.rt, self.settings, self.rt.metrics
-        view = ServingView(
-            s.redis_url,
-            s.view_prefix,
-            s.view_ttl_s,
-            s.redis_timeout_s,
-            max_pending=s.view_max_pending,
-            retry_s=s.view_retry_s,
-            clock=self.clock,
-            scan=rt.stored,
-            on_written=m.view_writes.inc,
-            on_state=lambda up: m.view_up.set(int(up)),
-        )
-        m.view_up.set(1)
-        m.view_pending.set_function(lambda: len(view))
-        rt.lifecycle.add_listener(view)
-        rt.health["view"] = lambda: {
-            "redis": "up" if view.up else "down",
-            "pending": len(view),
-            "rewriting_partitions": sorted(view.resync),
-        }
-        return view
 
     def plan(self, fetch: Fetch) -> BatchPlan:
         return plan_batch(
-            self.rt.journey_map,
+            self.jmap,
             fetch.records,
             self.states.load,
             partitions=self.settings.partitions,
@@ -140,10 +118,9 @@ class TouchpointsAgent:
             max_future_ms=int(self.settings.max_future_s * 1000),
         )
 
-    async def handle(self, fetch: Fetch) -> Coroutine[Any, Any, None]:
-        """Plan the fetch and produce its outputs; return the rest, which waits
-        for the broker (``stream.faust_compat`` runs it while the next fetch
-        is fetched and planned, one rest at a time and in order)."""
+    async def handle(self, fetch: Fetch) -> BatchRest:
+        """Plan the fetch and produce its outputs; return the rest of the batch
+        (``stream.engine.pipeline`` says when it runs)."""
         plan = self.plan(fetch)
         outputs = await self.publish(plan)
         # Each wait for the broker's acks overlaps work that needs none:
@@ -191,7 +168,7 @@ class TouchpointsAgent:
         waits for the acks. Every record goes to its source partition number
         (the topics are co-partitioned with the touchpoints)."""
         settings = self.settings
-        out = PartitionBatches(aiokafka_producer(self.rt.app))
+        out = self.batches()
         for i, dl in enumerate(plan.dead):
             rec = dl.record
             if i < LOGGED_DEAD_LETTERS:
@@ -232,7 +209,7 @@ class TouchpointsAgent:
         """Each changed customer's changelog record, encoded: a tombstone for an
         erasure (first, so compaction drops the old values), then the new value.
         The next batch plans from the new values until they are stored."""
-        out = Changelog(PartitionBatches(aiokafka_producer(self.rt.app)))
+        out = Changelog(self.batches())
         topic = self.settings.changelog_topic
         for u in plan.updates:
             if u.erase_offset is not None:
@@ -257,18 +234,14 @@ class TouchpointsAgent:
         offsets), so nothing local is ahead of what a new owner would recover."""
         topic = self.settings.changelog_topic
         for partition, items in changelog.writes.items():
-            self.rt.store.write(partition, items, written.get((topic, partition)))
+            self.table.write(partition, items, written.get((topic, partition)))
         for partition, key, stored in changelog.held:
             self.states.stored(partition, key, stored)
-
-    @property
-    def _exit_stages(self) -> frozenset[str]:
-        return frozenset(s.name for s in self.rt.journey_map.stages if s.exit)
 
     def count(self, plan: BatchPlan) -> None:
         """The batch's metrics: tallied per label set first, then one
         ``labels()`` lookup each (they cost more than the increments)."""
-        m = self.rt.metrics
+        m = self.metrics
         m.batches.inc()
         m.events.labels("replayed").inc(plan.replayed)
         if plan.moves:
@@ -277,8 +250,8 @@ class TouchpointsAgent:
         for reason, n in Counter(dl.reason for dl in plan.dead).items():
             m.rejected.labels(reason).inc(n)
         applied = duplicates = win_backs = churn_risks = 0
-        exits = self._exit_stages
-        by_name = self.rt.journey_map.stage_by_name
+        exits = self._exits
+        by_name = self.jmap.stage_by_name
         moves: Counter[tuple[str, str]] = Counter()
         durations: dict[str, list[float]] = {}
         stalls: Counter[str] = Counter()
@@ -339,26 +312,3 @@ class Changelog:
 
     async def start(self) -> Sent:
         return await self.batches.start()
-
-
-def attach(
-    rt: Runtime,
-    on_fatal: Callable[[BaseException], None] = exit_on_failure,
-    clock: Callable[[], int] = wall_clock_ms,
-) -> TouchpointsAgent:
-    """Route the touchpoints topic's fetches to a new agent on ``rt``, and
-    start its clock (a Faust timer, every JOURNEY_CLOCK_TICK_S)."""
-    agent = TouchpointsAgent(rt, clock)
-    route = BatchRoute(rt.settings.touchpoints_topic, agent.handle, rt.lifecycle, on_fatal)
-    install_batch_path(rt.app, route)
-
-    async def clock_tick() -> None:
-        try:
-            await agent.ticker.tick()
-        except Exception:
-            log.exception("clock tick failed; the next tick tries again")
-        if agent.view is not None:
-            agent.view.kick()  # retries while Redis is down
-
-    rt.app.timer(rt.settings.clock_tick_s, name="journey.clock")(clock_tick)
-    return agent

@@ -19,7 +19,7 @@ import uuid
 
 import redis
 
-from stream.nudge_gate import ClaimRequest, NudgeGate
+from stream.redis.gate import ClaimRequest, NudgeGate
 from stream.settings import Settings
 
 

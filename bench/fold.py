@@ -2,11 +2,11 @@
 
 Runs the worker's own per-batch path on one core: ``agents.plan.plan_batch``
 (``parse_touchpoint``, the stored state loaded once per customer and batch,
-``fold_batch``) and ``stream.codec.encode_stored`` for every changed customer,
+``fold_batch``) and ``stream.engine.codec.encode_stored`` for every changed customer,
 over simulator events in batches, with a dict as the table and the garbage
-collector tuned as the worker tunes it (``stream.runtime.tune_gc``): once decoding
+collector tuned as the worker tunes it (``stream.worker.tune_gc``): once decoding
 every state from the store, once through the worker's decoded-state cache
-(``stream.state_cache``). Prints the parse rate alone, both, and last
+(``stream.engine.state_cache``). Prints the parse rate alone, both, and last
 ``events_per_s: X`` (with the cache, as the worker runs). Not a test.
 
     .venv/bin/python bench/fold.py [--events 200000] [--customers 20000] [--batch 1000]
@@ -25,11 +25,11 @@ sys.path.insert(0, str(ROOT))
 
 from agents.plan import plan_batch  # noqa: E402
 from models import load_map, parse_touchpoint  # noqa: E402
-from stream.partitioning import key_partition  # noqa: E402
-from stream.runtime import tune_gc  # noqa: E402
+from stream.engine.partitioning import key_partition  # noqa: E402
+from stream.engine.state_cache import StateCache  # noqa: E402
 from stream.settings import Settings  # noqa: E402
-from stream.simulator import generate  # noqa: E402
-from stream.state_cache import StateCache  # noqa: E402
+from stream.tools.simulator import generate  # noqa: E402
+from stream.worker import tune_gc  # noqa: E402
 
 PARTITIONS = 8
 

@@ -34,9 +34,9 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stream.kafka_tools import ensure_topics, producer, tracker_topics  # noqa: E402
 from stream.settings import Settings  # noqa: E402
-from stream.simulator import generate  # noqa: E402
+from stream.tools.kafka import ensure_topics, producer, tracker_topics  # noqa: E402
+from stream.tools.simulator import generate  # noqa: E402
 
 
 def free_port() -> int:

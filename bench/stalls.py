@@ -1,7 +1,7 @@
 """Stall detection at scale, in memory: 1,000,000 customers held, 10,000 due at once.
 
 What a worker does per tick, without Kafka: pop the due customers from the
-deadline index (``stream.deadlines``), apply a clock reading to each through
+deadline index (``stream.engine.deadlines``), apply a clock reading to each through
 the worker's own batch path (``agents.plan.plan_batch`` over clock records:
 load, ``fold_batch``, the stall record and nudge decided) and encode the new
 stored values; then the cost of a tick when nothing is due. The index is
@@ -28,9 +28,9 @@ from models.effects import deadline_of  # noqa: E402
 from models.events import CLOCK_HEADER, Clock, Touchpoint  # noqa: E402
 from models.outputs import StallRecord  # noqa: E402
 from models.reducer import apply  # noqa: E402
-from stream.codec import decode_stored, encode_stored  # noqa: E402
-from stream.deadlines import DeadlineIndex  # noqa: E402
-from stream.partitioning import key_partition  # noqa: E402
+from stream.engine.codec import decode_stored, encode_stored  # noqa: E402
+from stream.engine.deadlines import DeadlineIndex  # noqa: E402
+from stream.engine.partitioning import key_partition  # noqa: E402
 
 NOW = 1_795_503_600_000
 
@@ -77,10 +77,11 @@ def main() -> None:
         decoded.append(state)
     print(f"scan of {len(table):,} stored values (decode + next deadline): {time.perf_counter() - t0:.1f} s")
 
-    index = DeadlineIndex(lambda p: pairs[p])
+    index = DeadlineIndex(lambda state: deadline_of(jmap, state))
     t0 = time.perf_counter()
     for p in range(args.partitions):
-        index.rebuild(p)
+        index.on_partition_recovered(p)
+        index.load(p, pairs[p])
     rebuild_s = time.perf_counter() - t0
     print(f"index rebuilt from {len(index):,} (customer, deadline) pairs in {rebuild_s:.2f} s")
 
@@ -113,16 +114,17 @@ def main() -> None:
     # A /metrics scrape with the 1M customers counted per stage (per partition).
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from stream.lifecycle import PartitionLifecycle
-    from stream.metrics import TrackerMetrics
-    from stream.stage_counts import StageCounts
+    from stream.engine.lifecycle import PartitionLifecycle
+    from stream.engine.metrics import TrackerMetrics
+    from stream.engine.stage_counts import StageCounts
 
     registry = CollectorRegistry()
     TrackerMetrics.create(registry, PartitionLifecycle()).init_map(jmap)
     counts = StageCounts(jmap.stage_names)
     registry.register(counts)
     for p in range(args.partitions):  # as the assignment scan fills them
-        counts.set_partition(p, decoded[p :: args.partitions])
+        counts.on_partition_recovered(p)
+        counts.on_partition_loaded(p, decoded[p :: args.partitions])
     assert counts.totals().customers["cart"] == args.customers
     t0 = time.perf_counter()
     for _ in range(100):

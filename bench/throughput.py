@@ -48,9 +48,9 @@ from aiokafka import AIOKafkaConsumer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stream.kafka_tools import ensure_topics, group_offsets, producer, tracker_topics  # noqa: E402
 from stream.settings import Settings  # noqa: E402
-from stream.simulator import generate, produce  # noqa: E402
+from stream.tools.kafka import ensure_topics, group_offsets, producer, tracker_topics  # noqa: E402
+from stream.tools.simulator import generate, produce  # noqa: E402
 
 
 def free_port() -> int:
@@ -96,8 +96,8 @@ async def bare_fold(settings: Settings, total: int) -> float:
 
     from agents.plan import plan_batch
     from models.journey_map import load_map
-    from stream.codec import encode_stored
-    from stream.state_cache import StateCache
+    from stream.engine.codec import encode_stored
+    from stream.engine.state_cache import StateCache
 
     jmap = load_map()
     table: dict[bytes, bytes] = {}

@@ -2,7 +2,7 @@
 and when quiet hours let a nudge go.
 
 Pure. Caps and cooldowns need every worker's view of what was sent, so the
-worker enforces them in Redis (``stream.nudge_gate``); the decision here
+worker enforces them in Redis (``stream.redis.gate``); the decision here
 says only that a nudge is due, with a deterministic id.
 """
 

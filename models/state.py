@@ -2,7 +2,7 @@
 
 State is a frozen value; the reducer returns a new one per applied event.
 :func:`state_to_dict` gives its compact storage form (the worker's table adds
-the source offset to it, ``stream.app.encode_stored``); the web API shows it
+the source offset to it, ``stream.engine.codec.encode_stored``); the web API shows it
 with ISO-8601 times (:meth:`CustomerState.to_api`).
 """
 

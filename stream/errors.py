@@ -31,7 +31,7 @@ class RecordTooLarge(StreamError):
 
 
 class UnsupportedFaust(StreamError):
-    """The installed faust-streaming is outside the versions ``stream.faust_compat`` was built for."""
+    """The installed faust-streaming is outside the versions ``stream.faust`` was built for."""
 
 
 class DeliveryFailed(StreamError):

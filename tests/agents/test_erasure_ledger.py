@@ -8,14 +8,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agents import nudges as nudges_module
 from agents.erasures import ErasureLedger, decode_ledger, encode_ledger, ledger_key
 from agents.nudges import NudgeDispatcher
 from models import load_map
 from models.outputs import Nudge
-from stream.lifecycle import PartitionLifecycle
-from stream.metrics import TrackerMetrics
-from stream.nudge_gate import Claim, GateDown
+from stream.engine.lifecycle import PartitionLifecycle
+from stream.engine.metrics import TrackerMetrics
+from stream.redis.gate import Claim, GateDown
 from stream.settings import Settings
 
 MAP = load_map()
@@ -25,7 +24,7 @@ NOW = 1_795_503_600_000
 def test_the_ledger_round_trips_through_the_table_and_forgets_what_is_done() -> None:
     table: dict[bytes, bytes | None] = {}
     ledger = ErasureLedger(lambda p, k: table.get(k))
-    ledger.on_partition_ready(3)
+    ledger.on_partition_recovered(3)
     ledger.add(3, "a", 10)
     ledger.add(3, "b", 11)
     ledger.add(5, "c", 12)  # not owned: its owner keeps it
@@ -35,7 +34,7 @@ def test_the_ledger_round_trips_through_the_table_and_forgets_what_is_done() -> 
     table[ledger_key(3)] = writes[0][2]
     # A new owner (after a crash or a revoke) reads what is owed.
     other = ErasureLedger(lambda p, k: table.get(k))
-    other.on_partition_ready(3)
+    other.on_partition_recovered(3)
     assert sorted(other.owed()) == [(3, "a", 10), (3, "b", 11)]
     other.add(3, "a", 20)  # erased again meanwhile: the later one stays owed
     other.done([(3, "a", 10), (3, "b", 11)])
@@ -76,28 +75,35 @@ class Gate:
         self.forgotten.append(customers)
 
 
+class Batches:
+    """Output batches that keep the nudges produced (not their delivery records)."""
+
+    def __init__(self, out: list[tuple[str, bytes | None]]) -> None:
+        self.out = out
+
+    def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None, *rest: Any) -> None:
+        if topic != Settings().touchpoints_topic:
+            self.out.append((topic, key))
+
+    async def send(self) -> dict[Any, int]:
+        return {}
+
+
 @pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bytes | None]]:
-    out: list[tuple[str, bytes | None]] = []
-
-    class Batches:
-        def __init__(self, producer: Any) -> None:
-            pass
-
-        def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None, *rest: Any) -> None:
-            if topic != Settings().touchpoints_topic:  # nudges only, not their delivery records
-                out.append((topic, key))
-
-        async def send(self) -> dict[Any, int]:
-            return {}
-
-    monkeypatch.setattr(nudges_module, "PartitionBatches", Batches)
-    return out
+def sent() -> list[tuple[str, bytes | None]]:
+    return []
 
 
-def dispatcher(gate: Gate) -> NudgeDispatcher:
+def dispatcher(gate: Gate, sent: list[tuple[str, bytes | None]]) -> NudgeDispatcher:
     metrics = TrackerMetrics.create(CollectorRegistry(), PartitionLifecycle())
-    return NudgeDispatcher(Settings(), MAP, gate, lambda: None, metrics, lambda: NOW)  # type: ignore[arg-type]
+    return NudgeDispatcher(
+        Settings(),
+        MAP,
+        gate,  # type: ignore[arg-type]
+        lambda: Batches(sent),  # type: ignore[arg-type,return-value]
+        metrics,
+        lambda: NOW,
+    )
 
 
 def test_a_customer_erased_while_redis_decides_gets_no_nudge_and_no_error(
@@ -105,9 +111,9 @@ def test_a_customer_erased_while_redis_decides_gets_no_nudge_and_no_error(
 ) -> None:
     async def run() -> None:
         gate = Gate()
-        d = dispatcher(gate)
+        d = dispatcher(gate, sent)
         d.ledger = ErasureLedger(lambda p, k: None)
-        d.ledger.on_partition_ready(0)
+        d.ledger.on_partition_recovered(0)
         d.submit(0, nudge("gone", "n1"))
         d.submit(0, nudge("kept", "n2"))
         flushing = asyncio.ensure_future(d.flush())
@@ -130,9 +136,9 @@ def test_owed_deletes_stay_owed_while_redis_is_down(sent: list[tuple[str, bytes 
         gate = Gate()
         gate.down = True
         gate.release.set()
-        d = dispatcher(gate)
+        d = dispatcher(gate, sent)
         d.ledger = ErasureLedger(lambda p, k: None)
-        d.ledger.on_partition_ready(0)
+        d.ledger.on_partition_recovered(0)
         d.ledger.add(0, "gone", 7)
         await d.flush()
         assert d.ledger.owed() == [(0, "gone", 7)] and not d.gate_up
@@ -154,9 +160,9 @@ def test_a_full_outbox_spills_to_the_table_and_is_refilled_by_a_rescan(
     async def run() -> None:
         gate = Gate()
         gate.release.set()
-        d = dispatcher(gate)
+        d = dispatcher(gate, sent)
         d.max_pending = 4
-        d.on_partition_ready(0)
+        d.on_partition_recovered(0)
         stored = [nudge(f"c{i}", f"n{i}") for i in range(10)]
         for n in stored:
             d.submit(0, n)
@@ -164,7 +170,7 @@ def test_a_full_outbox_spills_to_the_table_and_is_refilled_by_a_rescan(
         assert d.unready_because() is not None
         assert d._metrics.outbox_spills._value.get() == 6  # type: ignore[attr-defined]
         # The table has every customer's open nudge; a rescan puts them back.
-        d.scan = lambda p: [(0, SimpleNamespace(nudges=(n,), nudge=n)) for n in stored]
+        d.scan = lambda p: [SimpleNamespace(nudges=(n,), nudge=n) for n in stored]  # type: ignore[misc]
 
         def resubmit(partition: int, state: Any, now: int) -> None:
             d.submit(partition, state.nudge)

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
 
 from agents import plan as planner
 from agents.plan import SourceRecord, plan_batch
 from models import fold, load_map, parse_touchpoint
 from models.events import CLOCK_HEADER, Clock, Touchpoint
 from models.outputs import Nudge, StallRecord
-from stream.codec import decode_stored, encode_stored
-from stream.lifecycle import PartitionLifecycle
-from stream.metrics import TrackerMetrics
-from stream.partitioning import key_partition
-from stream.settings import Settings
-from stream.stage_counts import StageCounts
+from stream.engine.codec import decode_stored, encode_stored
+from stream.engine.partitioning import key_partition
 
 N = 8
 MAP = load_map()
@@ -236,46 +229,6 @@ def test_event_times_far_past_the_records_own_time_are_refused() -> None:
     )
     assert [(d.reason, d.record.offset) for d in out.dead] == [("in_future", 1)]
     assert [u.customer_id for u in out.updates] == ["c1"]
-
-
-def test_a_flood_of_dead_letters_is_logged_in_summary(monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
-    from agents import touchpoints as agent
-
-    sent: list[tuple[str, int]] = []
-
-    class Batches:
-        def __init__(self, producer: Any) -> None:
-            pass
-
-        def add(self, topic: str, partition: int, *rest: Any) -> None:
-            sent.append((topic, partition))
-
-        async def start(self) -> Any:
-            return SimpleNamespace(acked=lambda: asyncio.sleep(0, {}))
-
-    monkeypatch.setattr(agent, "PartitionBatches", Batches)
-    monkeypatch.setattr(agent, "aiokafka_producer", lambda app: None)
-    lifecycle = PartitionLifecycle()
-    fake_rt: Any = SimpleNamespace(
-        settings=Settings(dlq_topic="dlq", transitions_topic="t", state_cache_size=10),
-        app=None,
-        store=SimpleNamespace(get=lambda p, k: None),
-        stored=lambda p: iter(()),
-        lifecycle=lifecycle,
-        journey_map=MAP,
-        metrics=TrackerMetrics.create(CollectorRegistry(), lifecycle),
-        stage_counts=StageCounts(MAP.stage_names),
-        health={},
-        readiness=[],
-    )
-    result = plan([Rec(1, i, b"k", b"?") for i in range(50)])
-    with caplog.at_level("WARNING", logger=agent.__name__):
-        asyncio.run(agent.TouchpointsAgent(fake_rt).publish(result))
-    assert len(sent) == 50  # every one goes to the DLQ
-    lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == agent.LOGGED_DEAD_LETTERS + 1
-    assert lines[0].startswith("dead letter not_json from tp[1]@0")
-    assert lines[-1] == "30 more dead letters in this batch: {'not_json': 30}"
 
 
 def test_a_clock_record_opens_a_stall_in_order_with_the_events_and_is_stored() -> None:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from stream.cli import main as cli
 from stream.settings import Settings
+from stream.tools.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -118,7 +118,7 @@ def test_bind_token_and_scrape_config_agree() -> None:
     service's, with the token a user sets in .env. It must listen on all
     interfaces (so Prometheus and the other workers reach it), and Prometheus
     must scrape its port on a path that needs no token."""
-    from stream.api import OPEN_PATHS, effective_bind
+    from stream.http.auth import OPEN_PATHS, effective_bind
 
     example = (ROOT / ".env.example").read_text()
     assert re.search(r"^JOURNEY_API_TOKEN=", example, re.M), "the example .env names the token"

@@ -24,10 +24,10 @@ from typing import Any
 import orjson
 
 from models import CustomerState, Rejection, Touchpoint, Transition, fold_customer, load_map, parse_touchpoint
-from stream.codec import decode_stored
-from stream.kafka_tools import Record, group_lag, group_offsets, latest_values, read_topic
+from stream.engine.codec import decode_stored
 from stream.settings import Settings
-from stream.simulator import SimMessage
+from stream.tools.kafka import Record, group_lag, group_offsets, latest_values, read_topic
+from stream.tools.simulator import SimMessage
 
 JOURNEY = str(Path(sys.executable).with_name("journey"))
 MAP = load_map()
@@ -165,7 +165,7 @@ class WorkerProcess:
 def start_ready_worker(settings: Settings, tmp_path: Path, spawn: list[WorkerProcess]) -> WorkerProcess:
     """The tracker's topics, then one worker (log ``worker.log`` under
     ``tmp_path``), in ``spawn`` for the teardown, answering ready on /health."""
-    from stream.kafka_tools import ensure_topics, tracker_topics
+    from stream.tools.kafka import ensure_topics, tracker_topics
 
     ensure_topics(settings, tracker_topics(settings))
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
@@ -410,8 +410,8 @@ class KafkaOutage:
 
 def send_messages(settings: Settings, messages: list[SimMessage], rate: float = 0.0) -> None:
     """Produce in order (one request in flight), batched for speed."""
-    from stream.kafka_tools import Sender
-    from stream.simulator import produce
+    from stream.tools.kafka import Sender
+    from stream.tools.simulator import produce
 
     with Sender(settings, linger_ms=50, batch_size=512 * 1024) as out:
         produce(lambda k, v: out.send(settings.touchpoints_topic, k, v), messages, rate)

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.events import REASONS
-from stream.kafka_tools import ensure_topics, tracker_topics
-from stream.partitioning import key_partition
+from stream.engine.partitioning import key_partition
 from stream.settings import Settings
+from stream.tools.kafka import ensure_topics, tracker_topics
 from tests.integration.harness import KafkaOutage, WorkerProcess, make_settings, read_topic, wait_for
 
 TOKEN = "s3cret-token"

@@ -11,8 +11,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from stream.kafka_tools import ensure_topics, tracker_topics
-from stream.simulator import generate
+from stream.tools.kafka import ensure_topics, tracker_topics
+from stream.tools.simulator import generate
 from tests.integration.harness import WorkerProcess, make_settings, send_messages, stored_states, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.kafka_tools import ensure_topics, group_offsets, tracker_topics
 from stream.settings import Settings
-from stream.simulator import generate
+from stream.tools.kafka import ensure_topics, group_offsets, tracker_topics
+from stream.tools.simulator import generate
 from tests.integration.harness import (
     KafkaOutage,
     WorkerProcess,

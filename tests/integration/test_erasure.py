@@ -9,8 +9,8 @@ from pathlib import Path
 import redis
 
 from models.events import Touchpoint
-from stream.kafka_tools import ensure_topics, read_topic, tracker_topics
-from stream.simulator import SimMessage
+from stream.tools.kafka import ensure_topics, read_topic, tracker_topics
+from stream.tools.simulator import SimMessage
 from tests.integration.harness import (
     WorkerProcess,
     make_settings,
@@ -142,7 +142,7 @@ def test_an_erasure_survives_a_sigkill_before_its_redis_deletes(
     import asyncio
     import socket
 
-    from stream.nudge_gate import ClaimRequest, NudgeGate
+    from stream.redis.gate import ClaimRequest, NudgeGate
 
     blackhole = socket.socket()
     blackhole.bind(("127.0.0.1", 0))

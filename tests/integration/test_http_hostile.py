@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.kafka_tools import ensure_topics, tracker_topics
-from stream.partitioning import key_partition
+from stream.engine.partitioning import key_partition
 from stream.settings import Settings
+from stream.tools.kafka import ensure_topics, tracker_topics
 from tests.integration.harness import WorkerProcess, free_port, make_settings, wait_for
 
 TOKEN = "hostile-token"

@@ -9,8 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from stream.kafka_tools import admin, tracker_topics
-from stream.simulator import generate
+from stream.tools.kafka import admin, tracker_topics
+from stream.tools.simulator import generate
 from tests.integration.harness import (
     KafkaOutage,
     WorkerProcess,

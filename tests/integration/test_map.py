@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from stream.kafka_tools import ensure_topics, tracker_topics
-from stream.simulator import generate
+from stream.tools.kafka import ensure_topics, tracker_topics
+from stream.tools.simulator import generate
 from tests.integration.harness import (
     WorkerProcess,
     make_settings,

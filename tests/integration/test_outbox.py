@@ -13,8 +13,8 @@ import orjson
 import redis
 
 from models.events import Touchpoint
-from stream.kafka_tools import read_topic
-from stream.simulator import SimMessage
+from stream.tools.kafka import read_topic
+from stream.tools.simulator import SimMessage
 from tests.integration.harness import (
     RedisHang,
     WorkerProcess,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stream.kafka_tools import read_topic
-from stream.partitioning import key_partition
-from stream.simulator import generate
+from stream.engine.partitioning import key_partition
+from stream.tools.kafka import read_topic
+from stream.tools.simulator import generate
 from tests.integration.harness import (
     WorkerProcess,
     expected,

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models import Rejection, load_map, parse_touchpoint
-from stream.kafka_tools import ensure_topics, read_topic, tracker_topics
-from stream.partitioning import key_partition
+from stream.engine.partitioning import key_partition
 from stream.settings import Settings
-from stream.simulator import SimMessage
+from stream.tools.kafka import ensure_topics, read_topic, tracker_topics
+from stream.tools.simulator import SimMessage
 from tests.integration.harness import (
     WorkerProcess,
     dead_letters,

@@ -17,8 +17,8 @@ import orjson
 from models import load_map
 from models.events import Touchpoint
 from models.nudges import held_out
-from stream.kafka_tools import ensure_topics, tracker_topics
-from stream.simulator import SimMessage
+from stream.tools.kafka import ensure_topics, tracker_topics
+from stream.tools.simulator import SimMessage
 from tests.integration.harness import (
     RedisOutage,
     WorkerProcess,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from stream.kafka_tools import Sender, ensure_topics, group_lag, tracker_topics
-from stream.partitioning import key_partition
+from stream.engine.partitioning import key_partition
 from stream.settings import Settings
-from stream.simulator import SimMessage, generate, produce
+from stream.tools.kafka import Sender, ensure_topics, group_lag, tracker_topics
+from stream.tools.simulator import SimMessage, generate, produce
 from tests.integration.harness import (
     MAP,
     WorkerProcess,

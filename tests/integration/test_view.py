@@ -14,9 +14,9 @@ import redis
 
 from models import Touchpoint, fold, load_map
 from models.state import CustomerState
-from stream.serving_view import ServingView
+from stream.redis.view import ServingView
 from stream.settings import Settings
-from stream.simulator import generate
+from stream.tools.simulator import generate
 from tests.integration.harness import (
     RedisOutage,
     WorkerProcess,
@@ -118,7 +118,7 @@ def test_an_older_state_never_overwrites_a_newer_one_and_marks_say_what_to_rewri
             clock=lambda: int(time.time() * 1000),
             scan=lambda p: iter(store[p]),
         )
-        view.on_partition_ready(0)
+        view.on_partition_recovered(0)
         return view
 
     def lose_everything() -> None:

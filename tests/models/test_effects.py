@@ -110,7 +110,7 @@ def test_a_nudge_that_never_went_out_closes_without_an_outcome(delivery: str | N
 
 
 def test_a_delivery_is_recorded_once_and_survives_storage() -> None:
-    from stream.codec import decode_stored, encode_stored
+    from stream.engine.codec import decode_stored, encode_stored
 
     cid = nudged_customer("d")
     first = fold_customer(MAP, None, [ev("add_to_cart", 0, cid), clock(HOUR, cid)])

@@ -11,7 +11,7 @@ from models import Touchpoint, load_map, parse_touchpoint
 from models.events import Clock, parse_clock
 from models.reducer import fold_customer
 from models.timeutil import MAX_MS, MIN_MS
-from stream.codec import decode_stored, encode_stored
+from stream.engine.codec import decode_stored, encode_stored
 
 MAP = load_map()
 

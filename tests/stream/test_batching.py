@@ -8,7 +8,7 @@ from typing import Any
 
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from stream.batching import PartitionBatches
+from stream.engine.batching import PartitionBatches
 
 
 class Recorder:
@@ -64,7 +64,7 @@ def test_a_record_larger_than_a_batch_gets_a_batch_of_its_own() -> None:
 def test_a_record_larger_than_a_producer_batch_is_named() -> None:
     import pytest
 
-    from stream.batching import PartitionBatches
+    from stream.engine.batching import PartitionBatches
     from stream.errors import RecordTooLarge
 
     class Full:

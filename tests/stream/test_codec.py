@@ -8,7 +8,7 @@ import pytest
 from models import load_map
 from models.events import Touchpoint
 from models.reducer import fold
-from stream.codec import FORMAT_VERSION, decode_stored, encode_stored
+from stream.engine.codec import FORMAT_VERSION, decode_stored, encode_stored
 from stream.errors import StoredFormatError
 
 MAP = load_map()

@@ -1,4 +1,4 @@
-"""The one Faust-internals module: breaks if Faust moves what it relies on,
+"""The Faust-internals package (``stream.faust``): breaks if Faust moves what it relies on,
 and pins the behaviour of the batch consumer's own methods."""
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from typing import Any
 import pytest
 from faust.types import TP
 
-from stream import faust_compat
+from stream.engine.lifecycle import PartitionLifecycle
+from stream.engine.pipeline import BatchPipeline, Fetch, check_order
 from stream.errors import OffsetWentBackwards, UnsupportedFaust
-from stream.faust_compat import BatchRoute, Fetch, batch_consumer_class, check_order
-from stream.lifecycle import PartitionLifecycle
+from stream.faust import app as faust_app
+from stream.faust import consumer as consumer_module
+from stream.faust import version as faust_version
+from stream.faust.consumer import batch_consumer_class
 
 
 def faust_source(name: str) -> str:
@@ -25,10 +28,10 @@ def faust_source(name: str) -> str:
 
 
 def test_the_installed_faust_is_supported_and_others_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    faust_compat.check_faust_version()
-    monkeypatch.setattr(faust_compat.faust, "__version__", "0.16.0")
+    faust_version.check_faust_version()
+    monkeypatch.setattr(faust_version.faust, "__version__", "0.16.0")
     with pytest.raises(UnsupportedFaust, match=r"0\.16\.0 is installed"):
-        faust_compat.check_faust_version()
+        faust_version.check_faust_version()
 
 
 def test_faust_still_has_what_the_batch_path_calls() -> None:
@@ -98,7 +101,7 @@ def test_a_stop_starts_the_timer_once_and_goes_on_as_faust_would(monkeypatch: py
     monkeypatch.setattr(Worker, "_schedule_shutdown", lambda self, sig: calls.append(sig))
     fired: list[str] = []
     app = faust.App("compat-test", broker="kafka://127.0.0.1:1")
-    w = faust_compat.bounded_worker(app, "info", 30.0, lambda: fired.append("timeout"))
+    w = faust_app.bounded_worker(app, "info", 30.0, lambda: fired.append("timeout"))
     try:
         w._schedule_shutdown(15)
         timer = w._stop_timer
@@ -133,14 +136,14 @@ class FakeBase:
         return self.commit_ok
 
 
-def consumer(route: BatchRoute, **kw: Any) -> Any:
+def consumer(route: BatchPipeline, **kw: Any) -> Any:
     return batch_consumer_class(FakeBase, route)(**kw)  # type: ignore[arg-type]
 
 
-def route_with(handler: Any, fatal: list[BaseException] | None = None) -> BatchRoute:
+def route_with(handler: Any, fatal: list[BaseException] | None = None) -> BatchPipeline:
     lifecycle = PartitionLifecycle(clock=lambda: 0.0)
     lifecycle.assigned([0, 1])
-    return BatchRoute("t", handler, lifecycle, (fatal if fatal is not None else []).append)
+    return BatchPipeline("t", handler, lifecycle, (fatal if fatal is not None else []).append)
 
 
 def fetch(**parts: list[int]) -> Fetch:
@@ -167,7 +170,7 @@ def test_a_processed_fetch_moves_the_commit_position_and_counts_as_unacked_meanw
 
 
 def test_a_partition_revoked_during_the_fetch_keeps_no_position() -> None:
-    route: BatchRoute
+    route: BatchPipeline
 
     async def handler(f: Fetch) -> None:
         route.revoke([1])
@@ -244,7 +247,7 @@ def test_the_rest_of_a_batch_runs_while_the_next_fetch_is_handled_and_positions_
         assert log == ["plan 1", "plan 2"]  # in order: the second's rest has not run
         acks[1].set()
         await second
-        await c._finish_inflight()
+        await c.journey_route.finish_inflight()
         assert log == ["plan 1", "plan 2", "stored 1", "stored 2"]
         assert route.positions == {0: 3} and c._unacked_messages == set()
 
@@ -308,7 +311,7 @@ def test_duplicated_acks_no_longer_make_the_commit_crawl() -> None:
     # What the rebalance test showed: offsets acked twice, committed 1684.
     acked = [o for o in range(1683, 1700) for _ in (0, 1)]
     state, tp = consumer_state(acked, committed=1684)
-    assert faust_compat._dedup_new_offset(state, tp) == 1700  # Faust's own gave 1684
+    assert consumer_module._dedup_new_offset(state, tp) == 1700  # Faust's own gave 1684
     assert state._acked[tp] == []
 
 
@@ -322,7 +325,11 @@ def test_same_answers_as_faust_without_duplicates() -> None:
     for acked, committed, gaps, want, left in cases:
         ours, tp = consumer_state(acked, committed, gaps)
         theirs, _ = consumer_state(acked, committed, gaps)
-        assert faust_compat._dedup_new_offset(ours, tp) == faust_compat.faust_new_offset(theirs, tp) == want
+        assert (
+            consumer_module._dedup_new_offset(ours, tp)
+            == consumer_module.faust_new_offset(theirs, tp)
+            == want
+        )
         assert ours._acked[tp] == theirs._acked[tp] == left
 
 
@@ -334,7 +341,7 @@ class FakeDrainBase(FakeBase):
 
     consumer_stopped_errors = (ConnectionError,)
 
-    def __init__(self, steps: list[Any], route: BatchRoute) -> None:
+    def __init__(self, steps: list[Any], route: BatchPipeline) -> None:
         super().__init__()
         self._stopped = asyncio.Event()
         self.app = SimpleNamespace(
@@ -416,7 +423,7 @@ def test_a_fetch_that_a_rebalance_overtook_is_dropped_and_the_consumer_seeks_bac
 class FakeDeliverBase(FakeDrainBase):
     """Faust's per-message path for other topics (changelogs), recorded."""
 
-    def __init__(self, steps: list[Any], route: BatchRoute) -> None:
+    def __init__(self, steps: list[Any], route: BatchPipeline) -> None:
         super().__init__(steps, route)
         self.app.topics = SimpleNamespace(acks_enabled_for=lambda topic: False)
         self._read_offset: dict[TP, int | None] = defaultdict(lambda: None)

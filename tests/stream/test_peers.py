@@ -1,4 +1,4 @@
-from stream.peers import FORWARDED_HEADER, MAX_SKEW_MS, PEER_HEADER, peer_headers, verify_peer
+from stream.http.peers import FORWARDED_HEADER, MAX_SKEW_MS, PEER_HEADER, peer_headers, verify_peer
 
 NOW = 1_795_503_600_000
 

@@ -1,6 +1,6 @@
 import logging
 
-from stream.repeat_log import RepeatFilter
+from stream.engine.repeat_log import RepeatFilter
 
 
 def record(msg: str, *args: object, level: int = logging.ERROR, name: str = "aiokafka") -> logging.LogRecord:

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from stream.cli import main
 from stream.settings import Settings
+from stream.tools.cli import main
 
 
 def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,7 +76,7 @@ def test_a_rocksdb_data_dir_cannot_be_shared_by_two_workers(tmp_path: Path) -> N
     holder = textwrap.dedent(
         f"""
         import sys, time
-        from stream.cli import _lock_data_dir
+        from stream.tools.cli import _lock_data_dir
         from pathlib import Path
         _lock_data_dir(Path({str(tmp_path)!r}))  # the directory exists: pytest made it
         print("locked", flush=True)

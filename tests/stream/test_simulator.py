@@ -1,7 +1,7 @@
 from collections import Counter
 
 from models import Rejection, Touchpoint, fold, load_map, parse_touchpoint
-from stream.simulator import PERSONAS, generate
+from stream.tools.simulator import PERSONAS, generate
 
 MAP = load_map()
 NOW = 1_795_503_600_000

@@ -10,7 +10,7 @@ from models import Touchpoint, fold, load_map
 from models.events import Clock, Erase
 from models.reducer import fold_batch
 from models.state import CustomerState
-from stream.stage_counts import Figures, StageCounts
+from stream.engine.stage_counts import Figures, StageCounts
 from tests.models.strategies import journeys
 
 MAP = load_map()
@@ -26,13 +26,20 @@ def states(*journeys: tuple[str, list[str]]) -> dict[str, object]:
     return fold(MAP, events)  # type: ignore[return-value]
 
 
+def load(counts: StageCounts, partition: int, states: object) -> None:
+    """As the lifecycle's scan does: recovered, then the stored states in chunks (of one, here)."""
+    counts.on_partition_recovered(partition)
+    for state in states:  # type: ignore[attr-defined]
+        counts.on_partition_loaded(partition, [state])
+
+
 def test_figures_follow_states_and_forget_revoked_partitions() -> None:
     counts = StageCounts(MAP.stage_names, [s.name for s in MAP.stages if not s.exit])
     registry = CollectorRegistry()
     registry.register(counts)
     s = states(("a", ["page_view"]), ("b", ["page_view", "add_to_cart"]), ("c", ["product_view", "purchase"]))
-    counts.set_partition(0, [s["a"], s["b"]])  # type: ignore[list-item]
-    counts.set_partition(1, [s["c"]])  # type: ignore[list-item]
+    load(counts, 0, [s["a"], s["b"]])  # type: ignore[list-item]
+    load(counts, 1, [s["c"]])  # type: ignore[list-item]
     t = counts.totals()
     assert t.customers == {
         "awareness": 1,
@@ -68,7 +75,7 @@ def test_updates_between_any_two_states_equal_counting_them_from_scratch(
 ) -> None:
     """The same-stage shortcut in update() gives the figures a full recount gives."""
     counts = StageCounts(MAP.stage_names, [s.name for s in MAP.stages if not s.exit])
-    counts.set_partition(0, [])
+    load(counts, 0, [])
     states: dict[str, CustomerState] = {}
     for i in range(0, len(items), step):
         folds = fold_batch(MAP, dict(states), items[i : i + step])  # type: ignore[arg-type]
@@ -80,5 +87,5 @@ def test_updates_between_any_two_states_equal_counting_them_from_scratch(
                 states.pop(cid, None)
             counts.update(0, before, f.state)
     scratch = StageCounts(MAP.stage_names, [s.name for s in MAP.stages if not s.exit])
-    scratch.set_partition(0, states.values())
+    load(scratch, 0, states.values())
     assert counts.totals().to_dict() == scratch.totals().to_dict()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from models.state import CustomerState
-from stream.codec import encode_stored
-from stream.state_cache import StateCache
+from stream.engine.codec import encode_stored
+from stream.engine.state_cache import StateCache
 
 
 def state(cid: str, events: int) -> CustomerState:

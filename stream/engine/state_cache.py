@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from models.state import CustomerState
-from stream.codec import decode_stored
+from stream.engine.codec import decode_stored
+from stream.engine.lifecycle import PartitionListener
 
 Stored = tuple[int, CustomerState]  # (source offset of the last event applied, state)
 
 
-class StateCache:
+class StateCache(PartitionListener):
     """A bounded read-through cache of decoded table values, per partition."""
 
     def __init__(self, read: Callable[[int, bytes], bytes | None], maxsize: int) -> None:
@@ -78,7 +79,7 @@ class StateCache:
                 del entries[key]
 
     # PartitionListener
-    def on_partition_ready(self, partition: int) -> None:
+    def on_partition_recovered(self, partition: int) -> None:
         self.drop_partition(partition)
 
     def on_partition_revoked(self, partition: int) -> None:

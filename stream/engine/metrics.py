@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from models.events import REASONS
 from models.journey_map import JourneyMap
-from stream.lifecycle import PartitionLifecycle
+from stream.engine.lifecycle import PartitionLifecycle
 
 OUTCOMES = ("applied", "duplicate", "rejected", "replayed", "moved")
 PROBLEMS = ("stalled", "commit_stalled")

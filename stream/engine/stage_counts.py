@@ -3,7 +3,7 @@ and the funnel figures behind ``GET /funnel``.
 
 Each worker counts the customers of the partitions it actively owns: built
 from one scan of a partition's store when it is assigned and recovered
-(``agents.clock.partition_scan``), changed by each batch from the customers'
+(the lifecycle's scan, ``stream.engine.lifecycle``), changed by each batch from the customers'
 states before and after it (erasures included), dropped when the partition
 is revoked. A scrape sums the owned partitions (no table scan per scrape),
 so ``sum by (stage)`` over all workers counts every customer once, right
@@ -18,7 +18,7 @@ the funnel whether the customer reached A and then B or a later stage
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -27,6 +27,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from models.state import CustomerState
+from stream.engine.lifecycle import PartitionListener
 
 
 @dataclass(slots=True)
@@ -98,7 +99,7 @@ def _same_stage(part: Figures, before: CustomerState, after: CustomerState) -> N
             part.score_sum[stage] += round(after.drift.score * 1000)
 
 
-class StageCounts(Collector):
+class StageCounts(Collector, PartitionListener):
     """Per owned partition, the funnel figures (a lifecycle listener and a collector)."""
 
     def __init__(
@@ -136,12 +137,6 @@ class StageCounts(Collector):
             out.append(("score_sum", stage, round(state.drift.score * 1000)))  # milli-points: exact sums
         return out
 
-    def set_partition(self, partition: int, states: Iterable[CustomerState]) -> None:
-        part = Figures()
-        for s in states:
-            _apply(part, self.contributions(s), 1)
-        self._parts[partition] = part
-
     def update(self, partition: int, before: CustomerState | None, after: CustomerState | None) -> None:
         """A customer's state changed from ``before`` to ``after`` (None: absent or erased)."""
         part = self._parts.get(partition)
@@ -175,9 +170,15 @@ class StageCounts(Collector):
             g.add_metric([stage], n)
         yield g
 
-    # PartitionListener (the scan that fills a partition runs on ready, elsewhere)
-    def on_partition_ready(self, partition: int) -> None:
-        pass
+    # PartitionListener
+    def on_partition_recovered(self, partition: int) -> None:
+        self._parts[partition] = Figures()
+
+    def on_partition_loaded(self, partition: int, states: Sequence[CustomerState]) -> None:
+        part = self._parts.get(partition)
+        if part is not None:
+            for s in states:
+                _apply(part, self.contributions(s), 1)
 
     def on_partition_revoked(self, partition: int) -> None:
         self._parts.pop(partition, None)

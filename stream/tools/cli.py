@@ -109,7 +109,7 @@ def worker() -> None:
         _fail(f"cannot create JOURNEY_DATA_DIR={settings.data_dir}: {exc.strerror or exc}")
     if settings.store.startswith("rocksdb"):
         _lock_data_dir(settings.data_dir)
-    from stream.kafka_tools import ensure_topics, tracker_topics
+    from stream.tools.kafka import ensure_topics, tracker_topics
 
     try:
         load_map(settings.map_path)
@@ -117,22 +117,17 @@ def worker() -> None:
     except JourneyError as exc:
         _fail(str(exc))
 
-    from agents.touchpoints import attach
-    from stream import api, web
-    from stream.faust_compat import bounded_worker
-    from stream.runtime import build, tune_gc
+    from stream.engine.watchdog import stop_timed_out
+    from stream.faust.app import bounded_worker
+    from stream.worker import build_worker, tune_gc
 
-    rt = build(settings)
-    attach(rt)
-    web.register(rt)
-    api.secure(rt)
-    api.register(rt)
+    worker = build_worker(settings)
     tune_gc(settings.gc_threshold)
     runner = bounded_worker(
-        rt.app,
+        worker.app,
         settings.log_level.lower(),
         settings.stop_timeout_s,
-        web.stop_timed_out(settings.stop_timeout_s),
+        stop_timed_out(settings.stop_timeout_s),
     )
     runner.execute_from_commandline()
 
@@ -176,7 +171,7 @@ def simulate(
     """Produce synthetic customers' touchpoints to the touchpoints topic."""
     import random
 
-    from stream.simulator import generate, produce
+    from stream.tools.simulator import generate, produce
 
     if seed is None:
         seed = random.SystemRandom().randrange(1_000_000)
@@ -187,7 +182,7 @@ def simulate(
             out.write(m.value + b"\n")
         return
     settings = load_settings()
-    from stream.kafka_tools import Sender, ensure_topics, tracker_topics
+    from stream.tools.kafka import Sender, ensure_topics, tracker_topics
 
     try:
         ensure_topics(settings, tracker_topics(settings))
@@ -216,7 +211,7 @@ def emit(source: click.utils.LazyFile) -> None:
     the worker validates them, and dead-letters what does not fit.
     """
     settings = load_settings()
-    from stream.kafka_tools import Sender
+    from stream.tools.kafka import Sender
 
     sent = 0
     try:
@@ -244,8 +239,8 @@ def stage_counts(settings: Settings) -> tuple[Counter[str], str | None, Counter[
     """Customers per stage from the latest value of each key in the changelog,
     the id of the customer updated last (an example to look up), and how
     many are stalled now (per stage) or at risk (key ``at risk``)."""
-    from stream.codec import decode_stored
-    from stream.kafka_tools import latest_values
+    from stream.engine.codec import decode_stored
+    from stream.tools.kafka import latest_values
 
     latest, last = latest_values(settings, settings.changelog_topic)
     counts: Counter[str] = Counter()
@@ -271,7 +266,7 @@ def stage_counts(settings: Settings) -> tuple[Counter[str], str | None, Counter[
 )
 def status(watch: float) -> None:
     """Live customer counts per journey stage."""
-    from stream.kafka_tools import topic_sizes
+    from stream.tools.kafka import topic_sizes
 
     settings = load_settings()
     jmap = load_map(settings.map_path)

@@ -1,12 +1,15 @@
 """The one owner of the partition lifecycle, and the progress of each partition.
 
-Faust's rebalance callbacks call only this (through ``stream.faust_compat``):
+Faust's rebalance callbacks call only this (through ``stream.faust.consumer``):
 
 * :meth:`PartitionLifecycle.assigned`: the worker owns these partitions of the
   input topic again; their table state is not yet recovered.
-* :meth:`PartitionLifecycle.recovered`: recovery is done; the batch path is
-  about to resume. Listeners build what they keep per partition here (the
-  stall index and the stage gauges of later features plug in the same way).
+* :meth:`PartitionLifecycle.recovered`: recovery is done. One scan per
+  partition reads its stored customers in chunks and hands each chunk to
+  every listener, in the order of the list the worker was built with
+  (``stream.worker``), yielding to the loop between chunks; the batch path
+  resumes after it (Faust waits for this callback before it resumes the
+  flow). Then the partition is ready.
 * :meth:`PartitionLifecycle.revoked`: the partitions are gone, after the last
   batch holding them has finished. Listeners drop what they kept.
 
@@ -15,25 +18,46 @@ fetch position, the last processed offset, the committed offset, the end of
 the log, and when it last made progress. :meth:`PartitionLifecycle.report`
 turns that into a verdict, so that a stalled partition or a commit that
 falls behind is seen, logged, counted and, past a second limit, ends the
-worker for its supervisor to restart. No Faust here: the clock is passed in.
+worker for its supervisor to restart. No Faust here: the clock and the
+store's scan are passed in.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
+
+from models.state import CustomerState
+
+log = logging.getLogger(__name__)
 
 Verdict = Literal["ok", "recovering", "stalled", "commit_stalled"]
 
 
-class PartitionListener(Protocol):
-    """What plugs into the lifecycle: told when a partition is ready and when it is gone."""
+class PartitionListener:
+    """What plugs into the lifecycle; each hook is optional (does nothing here).
 
-    def on_partition_ready(self, partition: int) -> None: ...
+    For a partition: ``on_partition_recovered`` once its table state is
+    recovered (start it afresh), ``on_partition_loaded`` with each chunk of
+    its stored customers, then, when it goes, ``on_partition_revoked``.
+    """
 
-    def on_partition_revoked(self, partition: int) -> None: ...
+    def on_partition_recovered(self, partition: int) -> None:
+        return None
+
+    def on_partition_loaded(self, partition: int, states: Sequence[CustomerState]) -> None:
+        return None
+
+    def on_partition_revoked(self, partition: int) -> None:
+        return None
+
+
+# Stored customers decoded per chunk of a partition's scan (then the loop runs).
+SCAN_CHUNK = 2000
 
 
 @dataclass(slots=True)
@@ -51,6 +75,7 @@ class PartitionProgress:
     progress_at: float = 0.0  # last time processing advanced or the partition was caught up
     committed_at: float = 0.0  # last time the commit advanced or had nothing to do
     stalled: bool = False  # reported stalled (counted once per episode)
+    loading: bool = False  # recovered, its stored customers being scanned into the listeners
 
     @property
     def lag(self) -> int | None:
@@ -101,16 +126,19 @@ class Report:
         return {p: v for p, v in self.partitions.items() if v in ("stalled", "commit_stalled")}
 
 
+def _nothing_stored(partition: int) -> Iterator[CustomerState]:
+    return iter(())
+
+
 @dataclass
 class PartitionLifecycle:
     """Which partitions of the input topic this worker owns, their state, and who to tell."""
 
+    listeners: Sequence[PartitionListener] = ()
+    stored: Callable[[int], Iterator[CustomerState]] = _nothing_stored  # a partition's stored customers
     clock: Callable[[], float] = time.monotonic
-    listeners: list[PartitionListener] = field(default_factory=list)
+    chunk: int = SCAN_CHUNK
     progress: dict[int, PartitionProgress] = field(default_factory=dict)
-
-    def add_listener(self, listener: PartitionListener) -> None:
-        self.listeners.append(listener)
 
     @property
     def owned(self) -> list[int]:
@@ -130,21 +158,57 @@ class PartitionLifecycle:
         for p in sorted(wanted - set(self.progress)):
             self.progress[p] = PartitionProgress(p, assigned_at=now, progress_at=now, committed_at=now)
 
-    def recovered(self, partitions: Iterable[int] | None = None) -> None:
-        """Table recovery is done for ``partitions`` (default: every owned one)."""
-        now = self.clock()
+    async def recovered(self, partitions: Iterable[int] | None = None) -> None:
+        """Table recovery is done for ``partitions`` (default: every owned one):
+        scan each new one into the listeners, then call it ready."""
         for p in sorted(self.progress if partitions is None else partitions):
             pr = self.progress.get(p)
-            if pr is None or pr.ready_at is not None:
+            if pr is None or pr.ready_at is not None or pr.loading:
                 continue
-            pr.ready_at = pr.progress_at = pr.committed_at = now
+            pr.loading = True
+            try:
+                loaded = await self._load(p, pr)
+            finally:
+                pr.loading = False
+            if loaded and self.progress.get(p) is pr:
+                pr.ready_at = pr.progress_at = pr.committed_at = self.clock()
+
+    async def _load(self, partition: int, pr: PartitionProgress) -> bool:
+        """The one scan of a recovered partition's store; False if it was revoked meanwhile."""
+        started = time.monotonic()
+        for listener in self.listeners:
+            listener.on_partition_recovered(partition)
+        customers = 0
+        chunk: list[CustomerState] = []
+        for state in self.stored(partition):
+            chunk.append(state)
+            if len(chunk) >= self.chunk:
+                if self.progress.get(partition) is not pr:
+                    return False  # revoked during the scan (the listeners heard it)
+                customers += self._hand_over(partition, chunk)
+                chunk = []
+                await asyncio.sleep(0)
+        if self.progress.get(partition) is not pr:
+            return False
+        customers += self._hand_over(partition, chunk)
+        log.info(
+            "partition %d loaded: %d customers scanned in %.2f s",
+            partition,
+            customers,
+            time.monotonic() - started,
+        )
+        return True
+
+    def _hand_over(self, partition: int, chunk: list[CustomerState]) -> int:
+        if chunk:
             for listener in self.listeners:
-                listener.on_partition_ready(p)
+                listener.on_partition_loaded(partition, chunk)
+        return len(chunk)
 
     def revoked(self, partitions: Iterable[int]) -> None:
         for p in sorted(partitions):
             pr = self.progress.pop(p, None)
-            if pr is not None and pr.ready_at is not None:
+            if pr is not None and (pr.ready_at is not None or pr.loading):
                 for listener in self.listeners:
                     listener.on_partition_revoked(p)
 

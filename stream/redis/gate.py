@@ -32,10 +32,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from stream.errors import StreamError
+from stream.redis.client import redis_client
 
 Decision = Literal["sent", "held_out", "capped"]
 
@@ -74,14 +74,6 @@ for i = 1, #ks, 500 do
 end
 return n + redis.call('DEL', KEYS[1])
 """
-
-
-def redis_client(url: str, timeout_s: float) -> Any:
-    """A ``redis.asyncio`` client (never blocks the loop) for which a call
-    slower than ``timeout_s`` fails: the callers count Redis as down."""
-    return aioredis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
-    )
 
 
 class GateDown(StreamError):

@@ -61,7 +61,8 @@ from typing import Any
 from redis.exceptions import NoScriptError, RedisError
 
 from models.state import CustomerState
-from stream.nudge_gate import redis_client
+from stream.engine.lifecycle import PartitionListener
+from stream.redis.client import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class Pending:
     state: CustomerState | None  # None: erased
 
 
-class ServingView:
+class ServingView(PartitionListener):
     """Mirrors the customers of the owned partitions into Redis (a lifecycle listener)."""
 
     def __init__(
@@ -373,7 +374,7 @@ class ServingView:
         await self._redis.aclose()
 
     # PartitionListener
-    def on_partition_ready(self, partition: int) -> None:
+    def on_partition_recovered(self, partition: int) -> None:
         self.owned.add(partition)
         self._unchecked.add(partition)
 

@@ -7,11 +7,16 @@ worker accepts.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from faust.web import Request, Response, View
 
 from models.events import REASONS
 from models.journey_map import JourneyMap
 from stream.settings import Settings
+
+if TYPE_CHECKING:
+    from stream.worker import Worker
 
 JSON = "application/json"
 
@@ -288,3 +293,14 @@ def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
             },
         },
     }
+
+
+def register(w: Worker) -> None:
+    """Register ``GET /openapi.json``."""
+
+    @w.app.page("/openapi.json")
+    class OpenAPIView(View):
+        """The OpenAPI 3.1 document of this API."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json(document(w.settings, w.journey_map))

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from stream.runtime import tune_gc
+from stream.worker import tune_gc
 
 
 @pytest.fixture(autouse=True)

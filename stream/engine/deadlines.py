@@ -1,8 +1,8 @@
 """The deadline index: per owned partition, customers ordered by their next
 deadline (a stall, inactivity, a nudge window; ``models.effects.next_deadline``).
 
-Built when a partition is assigned and its state recovered (one scan of the
-partition's store), updated by every batch, dropped on revoke. A tick pops
+Built from the lifecycle's scan of a partition's store when it is assigned
+and recovered, updated by every batch, dropped on revoke. A tick pops
 what is due in time proportional to what is due, never to the customers
 held: a heap with lazy deletion, and a map of each customer's current
 deadline that says which heap entries still count. The heap is rebuilt
@@ -15,8 +15,11 @@ a clock record that never arrived) is found again at the next rebuild.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+
+from models.state import CustomerState
+from stream.engine.lifecycle import PartitionListener
 
 # Entries kept beyond the live ones before the heap is compacted.
 _SLACK = 1024
@@ -50,12 +53,12 @@ class _Partition:
         return out
 
 
-class DeadlineIndex:
+class DeadlineIndex(PartitionListener):
     """Customers by next deadline, per partition (a lifecycle listener)."""
 
-    def __init__(self, load_partition: Callable[[int], Iterable[tuple[str, int | None]]]) -> None:
-        """``load_partition(p)`` yields (customer, deadline) for every stored customer of ``p``."""
-        self._load = load_partition
+    def __init__(self, deadline_of: Callable[[CustomerState], int | None]) -> None:
+        """``deadline_of(state)``: a stored customer's next deadline, or None."""
+        self._deadline_of = deadline_of
         self._parts: dict[int, _Partition] = {}
 
     def __len__(self) -> int:
@@ -84,15 +87,21 @@ class DeadlineIndex:
             heapq.heappop(part.heap)
         return None
 
-    def rebuild(self, partition: int) -> None:
-        part = self._parts[partition] = _Partition()
-        part.due = {c: d for c, d in self._load(partition) if d is not None}
-        part.heap = [(d, c) for c, d in part.due.items()]
-        heapq.heapify(part.heap)
+    def load(self, partition: int, pairs: Iterable[tuple[str, int | None]]) -> None:
+        """Add (customer, deadline) pairs to a partition being loaded."""
+        part = self._parts.get(partition)
+        if part is None:
+            return
+        for customer, deadline in pairs:
+            part.set(customer, deadline)
 
     # PartitionListener
-    def on_partition_ready(self, partition: int) -> None:
-        self.rebuild(partition)
+    def on_partition_recovered(self, partition: int) -> None:
+        self._parts[partition] = _Partition()
+
+    def on_partition_loaded(self, partition: int, states: Sequence[CustomerState]) -> None:
+        deadline_of = self._deadline_of
+        self.load(partition, ((s.customer_id, deadline_of(s)) for s in states))
 
     def on_partition_revoked(self, partition: int) -> None:
         self._parts.pop(partition, None)

@@ -1,17 +1,20 @@
 """Records collected per partition and produced as whole aiokafka batches.
 
 Faust produces one message at a time: a ``FutureMessage``, an awaited
-``AIOKafkaProducer.send`` and a callback per record, about 250 µs each on
-these machines. A batch of the worker writes hundreds of transitions and
-changelog records; appending them to one ``BatchBuilder`` per partition and
-sending each builder once costs a fraction of that, and gives one future per
-batch to wait on before the source offsets may be committed.
+``AIOKafkaProducer.send`` and a callback per record. A batch of the worker
+writes hundreds of transitions and changelog records; appending them to one
+``BatchBuilder`` per partition and sending each builder once costs a
+fraction of that, and gives one future per batch to wait on before the
+source offsets may be committed.
+
+Parts that produce are given a :data:`NewBatches` (a factory) when the
+worker is built (``stream.worker``); tests pass their own.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -100,3 +103,7 @@ class Sent:
                 if end > last.get(tp, -1):
                     last[tp] = end
         return last
+
+
+# What producing parts are given: a new, empty set of batches per use.
+NewBatches = Callable[[], PartitionBatches]

@@ -1,0 +1,129 @@
+"""``GET /customers/{id}`` and ``DELETE /customers/{id}``: one customer's state, and its erasure.
+
+* ``GET``: the customer's state, from whichever worker owns the customer's
+  partition (forwarded there once, signed by this worker, never with the
+  client's credentials: ``stream.http.peers``); 404 for a customer never
+  seen, 503 while no worker owns it.
+* ``DELETE``: any worker takes it (:func:`erase`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from faust.web import Request, Response, View
+
+from models.events import ERASE_HEADER, Erase, id_problem
+from stream.engine.codec import decode_stored
+from stream.engine.partitioning import key_partition
+from stream.faust.app import owner_url
+from stream.http.events import RETRY_AFTER_S
+from stream.http.peers import FORWARDED_HEADER, peer_headers
+
+if TYPE_CHECKING:
+    from stream.worker import Worker
+
+log = logging.getLogger(__name__)
+
+ERASE_HEADERS = ((ERASE_HEADER, b"1"),)
+
+
+async def erase(w: Worker, customer_id: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """``DELETE /customers/{id}``: an erasure record on the touchpoints topic,
+    applied by the customer's owner in order with their events. Answers 202
+    with the erasure id once the broker has the record; the state is gone
+    when ``GET /customers/{id}`` answers 404 and the ``erased`` record is on
+    the erasures topic."""
+    settings = w.settings
+    problem = id_problem(customer_id, "customer_id")
+    if problem is not None:
+        return 400, {"error": "bad_customer_id", "detail": problem}, {}
+    erasure = Erase(customer_id, uuid.uuid4().hex, int(time.time() * 1000))
+    key = customer_id.encode()
+    out = w.batches()
+    out.add(
+        settings.touchpoints_topic,
+        key_partition(key, settings.partitions),
+        key,
+        erasure.to_json(),
+        ERASE_HEADERS,
+    )
+    try:
+        await asyncio.wait_for(out.send(), settings.api_produce_timeout_s)
+    except Exception as exc:
+        log.warning("DELETE /customers: producing the erasure failed: %r", exc)
+        return (
+            503,
+            {"error": "unavailable", "detail": "the broker did not take the erasure; send it again"},
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
+    log.info("erasure %s of a customer accepted", erasure.erasure_id)
+    return 202, {"erasure_id": erasure.erasure_id, "customer_id": customer_id, "status": "accepted"}, {}
+
+
+async def forward_to_owner(w: Worker, view: View, request: Request, partition: int) -> Response:
+    """The owning worker's answer to ``request``, forwarded once, without the
+    client's credentials (``stream.http.peers``); 503 while nobody (else) owns it."""
+    unavailable = {
+        "error": "unavailable",
+        "detail": "the customer's partition has no owner now (rebalancing)",
+    }
+    retry = {"Retry-After": "2"}
+    if request.headers.get(FORWARDED_HEADER) is not None:  # forwarded to us already: never again
+        return view.json(unavailable, status=503, headers=retry)
+    try:
+        url = owner_url(w.app, w.settings.changelog_topic, partition)
+    except Exception as exc:  # the assignor mid-rebalance, topics gone...
+        log.info("no owner known for partition %d: %r", partition, exc)
+        url = None
+    if url is None or url == w.own_url():
+        return view.json(unavailable, status=503, headers=retry)
+    path = request.path_qs  # type: ignore[attr-defined]
+    headers = peer_headers(w.settings.token, "GET", path, int(time.time() * 1000))
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+            session.get(f"{url}{path}", headers=headers, allow_redirects=False) as resp,
+        ):
+            body = await resp.read()
+            return view.bytes(body, content_type=resp.content_type, status=resp.status)
+    except Exception as exc:
+        log.info("forwarding to the owner %s failed: %r", url, exc)
+        return view.json(
+            {"error": "unavailable", "detail": "the customer's owner did not answer"},
+            status=503,
+            headers=retry,
+        )
+
+
+def register(w: Worker) -> None:
+    """Register ``GET`` and ``DELETE /customers/{customer_id}``."""
+    settings = w.settings
+
+    @w.app.page("/customers/{customer_id}")
+    class CustomerView(View):
+        """One customer's journey state, from the worker that owns it."""
+
+        async def get(self, request: Request, customer_id: str) -> Response:
+            problem = id_problem(customer_id, "customer_id")
+            if problem is not None:
+                return self.json({"error": "bad_customer_id", "detail": problem}, status=400)
+            key = customer_id.encode()
+            partition = key_partition(key, settings.partitions)
+            if partition not in w.active_partitions():
+                return await forward_to_owner(w, self, request, partition)
+            raw = w.store.get(partition, key)
+            if raw is None:
+                return self.json({"error": "unknown customer", "customer_id": customer_id}, status=404)
+            _, state = decode_stored(raw)
+            return self.json(state.to_api())
+
+        async def delete(self, request: Request, customer_id: str) -> Response:
+            """Erase the customer; any worker takes it."""
+            status, body, headers = await erase(w, customer_id)
+            return self.json(body, status=status, headers=headers)
