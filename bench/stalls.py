@@ -27,7 +27,7 @@ from models import load_map  # noqa: E402
 from models.effects import deadline_of  # noqa: E402
 from models.events import CLOCK_HEADER, Clock, Touchpoint  # noqa: E402
 from models.outputs import StallRecord  # noqa: E402
-from models.reducer import apply  # noqa: E402
+from models.reducer import fold_customer  # noqa: E402
 from stream.engine.codec import decode_stored, encode_stored  # noqa: E402
 from stream.engine.deadlines import DeadlineIndex  # noqa: E402
 from stream.engine.partitioning import key_partition  # noqa: E402
@@ -61,7 +61,7 @@ def main() -> None:
         cid = f"c{i:07d}"
         is_due = i < args.due
         at = NOW - cart_s * 1000 - 1000 if is_due else NOW - (i % 3000) * 1000
-        state = apply(jmap, None, Touchpoint(f"e{i}", cid, "add_to_cart", "web", at)).state
+        state = fold_customer(jmap, None, [Touchpoint(f"e{i}", cid, "add_to_cart", "web", at)]).state
         assert state is not None
         key = cid.encode()
         table[key] = encode_stored(0, state)

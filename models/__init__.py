@@ -7,7 +7,7 @@ state and the reducer. The streaming worker only moves data in and out.
 from models.errors import JourneyError, MapError
 from models.events import REASONS, Rejection, Touchpoint, parse_touchpoint
 from models.journey_map import JourneyMap, Move, Stage, load_map, parse_map
-from models.reducer import CustomerFold, Step, apply, fold, fold_batch, fold_customer
+from models.reducer import CustomerFold, fold, fold_batch, fold_customer
 from models.state import CustomerState, Transition, decode_state, encode_state
 
 __all__ = [
@@ -20,10 +20,8 @@ __all__ = [
     "Move",
     "Rejection",
     "Stage",
-    "Step",
     "Touchpoint",
     "Transition",
-    "apply",
     "decode_state",
     "encode_state",
     "fold",

@@ -1,8 +1,8 @@
 """Stalls, drift and nudges around the stage rules: what an event or a clock
 reading does to a customer beyond the stage move itself.
 
-Shared by the plain reducer (:func:`models.reducer.apply`) and the batch
-fold, so both give the same result. Pure: the caller passes the clock
+Called by the reducer (:mod:`models.reducer`) once per event or clock
+reading. Pure: the caller passes the clock
 (``now``), which the worker reads from its injectable clock and carries in
 a clock record through the touchpoints topic (README "Clock policy").
 
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models import drift as scoring
+from models.events import Touchpoint
 from models.journey_map import JourneyMap, Stage
 from models.nudges import decide, remember
 from models.outputs import ChurnRisk, NudgeOutcome, Output, Recovered, StallRecord, stable_id
@@ -109,19 +110,13 @@ def deliver(refs: tuple[NudgeRef, ...], nudge_id: str, delivery: str) -> tuple[N
 
 
 def on_event(
-    jmap: JourneyMap,
-    x: Extras,
-    cid: str,
-    stage: str,
-    target: Stage | None,
-    ev_type: str,
-    ev_id: str,
-    ts: int,
-    props: dict[str, Any] | None,
-    seen_before: int,
+    jmap: JourneyMap, x: Extras, stage: str, target: Stage | None, ev: Touchpoint, seen_before: int
 ) -> Stage | None:
-    """Apply an event's stall, drift and nudge effects; return the final target
-    stage (the loyalty bar may move the customer further than the rules do)."""
+    """Apply an event's stall, drift and nudge effects on a customer in ``stage``
+    whom the stage rules move to ``target`` (None: no move), having seen
+    ``seen_before`` events of its type; return the final target stage (the
+    loyalty bar may move the customer further than the rules do)."""
+    cid, ev_type, ev_id, ts = ev.customer_id, ev.type, ev.event_id, ev.ts
     rules = jmap.drift
     if rules is not None:
         if x.drift is None and (
@@ -130,7 +125,7 @@ def on_event(
             x.drift = Drift(0.0, ts)
         d = x.drift
         if d is not None:
-            fired = scoring.hits(rules, ev_type, props, seen_before)
+            fired = scoring.hits(rules, ev_type, ev.properties, seen_before)
             if fired or d.inactive:
                 new = scoring.add(rules, d, fired, ts)
                 if scoring.crossed_risk(rules, d, new):

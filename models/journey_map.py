@@ -26,33 +26,18 @@ Nothing here touches Kafka, Redis or Faust.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import ScalarNode
 
 from models.errors import MapError
-from models.rules import (
-    DEFAULT_CAP_COUNT,
-    DEFAULT_CAP_WINDOW_S,
-    DEFAULT_HOLDOUT,
-    DEFAULT_MAX_AGE_S,
-    TRIGGERS,
-    DriftRules,
-    NudgePolicy,
-    NudgeRules,
-    QuietHours,
-    Signal,
-    Trigger,
-)
+from models.map_reader import Reader, parse_duration
+from models.rules import DriftRules, NudgeRules, parse_drift, parse_nudges
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_DURATION_RE = re.compile(r"^(\d+)(s|m|h|d)$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DEFAULT_MAP_NAME = "default_map.yaml"
 
 
@@ -92,6 +77,9 @@ class JourneyMap:
     entry_stage: Mapping[str, Stage] = field(init=False, repr=False, compare=False)
     event_types: frozenset[str] = field(init=False, repr=False, compare=False)
     first_stage: Stage = field(init=False, repr=False, compare=False)
+    # (current stage or None for a new customer, event type) -> the stage it
+    # moves to, or None: :meth:`stage_rule` answered once for every pair.
+    stage_table: Mapping[tuple[str | None, str], Stage | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_name = {s.name: s for s in self.stages}
@@ -103,89 +91,42 @@ class JourneyMap:
         object.__setattr__(self, "entry_stage", entry)
         object.__setattr__(self, "event_types", frozenset(types))
         object.__setattr__(self, "first_stage", next(s for s in self.stages if not s.exit))
+        currents: list[str | None] = [None, *by_name]
+        table = {(c, t): self.stage_rule(c, t) for c in currents for t in types}
+        object.__setattr__(self, "stage_table", table)
+
+    def target(self, current: str | None, event_type: str) -> Stage | None:
+        """The stage an event of ``event_type`` moves a customer in ``current`` to, if any."""
+        try:
+            return self.stage_table[current, event_type]
+        except KeyError:  # a type the map does not know
+            return self.stage_rule(current, event_type)
+
+    def stage_rule(self, current: str | None, event_type: str) -> Stage | None:
+        """The movement rule (README "Journey semantics")."""
+        if current is None:
+            return self.entry_stage.get(event_type, self.first_stage)
+        for move in self.moves:
+            if event_type in move.on and current in move.from_:
+                return self.stage_by_name[move.to] if move.to != current else None
+        target = self.entry_stage.get(event_type)
+        if target is None or target.name == current:
+            return None
+        here = self.stage_by_name[current]
+        # Exit stages are reached from anywhere; other stages only forward.
+        # A customer in an exit stage comes back only through explicit moves.
+        if not here.exit and (target.exit or target.index > here.index):
+            return target
+        return None
 
     @property
     def stage_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.stages)
 
 
-def parse_duration(text: str) -> int | None:
-    """``"90s"``, ``"15m"``, ``"1h"``, ``"14d"`` to seconds; None if malformed or zero."""
-    m = _DURATION_RE.match(text)
-    if not m or int(m.group(1)) == 0:
-        return None
-    return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-
-
-class _Reader:
-    """Walks the composed YAML node tree, raising MapError with line numbers."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, node: Node | None, problem: str) -> MapError:
-        line = node.start_mark.line + 1 if node is not None else None
-        return MapError(self.source, line, problem)
-
-    def mapping(self, node: Node, what: str, allowed: Iterable[str]) -> dict[str, tuple[Node, Node]]:
-        if not isinstance(node, MappingNode):
-            raise self.fail(node, f"{what} must be a mapping")
-        allowed_set = set(allowed)
-        out: dict[str, tuple[Node, Node]] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, ScalarNode) else None
-            if key not in allowed_set:
-                raise self.fail(
-                    key_node,
-                    f"unknown key {key!r} in {what} (expected one of: {', '.join(sorted(allowed_set))})",
-                )
-            if key in out:
-                raise self.fail(key_node, f"duplicate key {key!r} in {what}")
-            out[key] = (key_node, value_node)
-        return out
-
-    def sequence(self, node: Node, what: str) -> list[Node]:
-        if not isinstance(node, SequenceNode):
-            raise self.fail(node, f"{what} must be a list")
-        return list(node.value)
-
-    def name(self, node: Node, what: str) -> str:
-        if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:str":
-            raise self.fail(node, f"{what} must be a string")
-        if not NAME_RE.match(node.value):
-            raise self.fail(
-                node,
-                f"{what} {node.value!r} must be lower-case letters, digits and '_', "
-                "starting with a letter (at most 64 characters)",
-            )
-        return str(node.value)
-
-    def names(self, node: Node, what: str) -> list[tuple[str, Node]]:
-        return [(self.name(n, what), n) for n in self.sequence(node, f"{what} list")]
-
-    def number(self, node: Node, what: str) -> float:
-        if not isinstance(node, ScalarNode) or node.tag not in (
-            "tag:yaml.org,2002:int",
-            "tag:yaml.org,2002:float",
-        ):
-            raise self.fail(node, f"{what} must be a number")
-        return float(yaml.safe_load(node.value))
-
-    def duration(self, node: Node, what: str) -> int:
-        seconds = parse_duration(str(node.value)) if isinstance(node, ScalarNode) else None
-        if seconds is None:
-            raise self.fail(node, f"{what} must be a positive duration like 90s, 15m, 1h or 14d")
-        return seconds
-
-    def boolean(self, node: Node, what: str) -> bool:
-        if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:bool":
-            raise self.fail(node, f"{what} must be true or false")
-        return bool(yaml.safe_load(node.value))
-
-
 def parse_map(text: str, source: str = "<map>") -> JourneyMap:
     """Parse and validate a journey map from YAML text."""
-    r = _Reader(source)
+    r = Reader(source)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -271,10 +212,10 @@ def parse_map(text: str, source: str = "<map>") -> JourneyMap:
         extra = {t for t, _ in r.names(top["events"][1], "event type")}
 
     known_types = set(extra) | set(entered_by) | {t for m in moves for t in m.on}
-    drift = _drift(r, top["drift"][1], known_stages, known_types) if "drift" in top else None
-    nudges = (
-        _nudges(r, top["nudges"][1], known_stages, known_types, channels) if "nudges" in top else NudgeRules()
-    )
+    drift = parse_drift(r, top["drift"][1], known_stages, known_types) if "drift" in top else None
+    nudges = NudgeRules()
+    if "nudges" in top:
+        nudges = parse_nudges(r, top["nudges"][1], known_stages, known_types, channels)
     if drift is None and any(p.trigger != "stall" for p in nudges.policies):
         raise r.fail(top["nudges"][1], "churn_risk and loyalty nudges need a 'drift' section")
 
@@ -286,217 +227,6 @@ def parse_map(text: str, source: str = "<map>") -> JourneyMap:
         extra_events=frozenset(extra),
         drift=drift,
         nudges=nudges,
-    )
-
-
-def _stage_ref(r: _Reader, node: Node, known: set[str]) -> str:
-    name = r.name(node, "stage")
-    if name not in known:
-        raise r.fail(node, f"unknown stage {name!r}")
-    return name
-
-
-def _type_refs(r: _Reader, node: Node, known: set[str]) -> list[str]:
-    nodes = [node] if isinstance(node, ScalarNode) else r.sequence(node, "event type list")
-    out = []
-    for n in nodes:
-        t = r.name(n, "event type")
-        if t not in known:
-            raise r.fail(n, f"unknown event type {t!r} (not entered, moved on or listed under 'events')")
-        out.append(t)
-    return out
-
-
-_SIGNAL_KEYS = (
-    "name",
-    "on",
-    "weight",
-    "property",
-    "at_least",
-    "below",
-    "repeat",
-    "value_property",
-    "per_unit",
-    "max",
-)
-
-
-def _signal(r: _Reader, node: Node, known_types: set[str]) -> list[Signal]:
-    f = r.mapping(node, "a signal", _SIGNAL_KEYS)
-    for required in ("name", "on", "weight"):
-        if required not in f:
-            raise r.fail(node, f"a signal needs {required!r}")
-    name = r.name(f["name"][1], "signal name")
-    prop = r.name(f["property"][1], "property") if "property" in f else None
-    at_least = r.number(f["at_least"][1], "at_least") if "at_least" in f else None
-    below = r.number(f["below"][1], "below") if "below" in f else None
-    if prop is None and (at_least is not None or below is not None):
-        raise r.fail(node, "at_least and below test a 'property'; name it")
-    if prop is not None and at_least is None and below is None:
-        raise r.fail(f["property"][1], "a signal's property needs 'at_least' or 'below'")
-    value_prop = r.name(f["value_property"][1], "value_property") if "value_property" in f else None
-    per_unit = r.number(f["per_unit"][1], "per_unit") if "per_unit" in f else 0.0
-    value_max = r.number(f["max"][1], "max") if "max" in f else 0.0
-    if value_prop is not None and (per_unit == 0 or value_max <= 0):
-        raise r.fail(
-            f["value_property"][1], "value_property needs a non-zero 'per_unit' and a positive 'max'"
-        )
-    return [
-        Signal(
-            name=name,
-            on=t,
-            weight=r.number(f["weight"][1], "weight"),
-            prop=prop,
-            at_least=at_least,
-            below=below,
-            repeat=r.boolean(f["repeat"][1], "repeat") if "repeat" in f else False,
-            value_property=value_prop,
-            per_unit=per_unit,
-            value_max=value_max,
-        )
-        for t in _type_refs(r, f["on"][1], known_types)
-    ]
-
-
-_DRIFT_KEYS = (
-    "after",
-    "half_life",
-    "loyalty_at",
-    "loyalty_to",
-    "loyalty_from",
-    "risk_at",
-    "inactive_after",
-    "inactive_weight",
-    "defect_after",
-    "defect_to",
-    "signals",
-)
-
-
-def _drift(r: _Reader, node: Node, stages: set[str], types: set[str]) -> DriftRules:
-    f = r.mapping(node, "the drift section", _DRIFT_KEYS)
-    for required in ("after", "half_life", "loyalty_at", "risk_at", "defect_after", "defect_to"):
-        if required not in f:
-            raise r.fail(node, f"the drift section needs {required!r}")
-    loyalty_at = r.number(f["loyalty_at"][1], "loyalty_at")
-    risk_at = r.number(f["risk_at"][1], "risk_at")
-    if risk_at >= loyalty_at:
-        raise r.fail(f["risk_at"][1], f"risk_at ({risk_at:g}) must be below loyalty_at ({loyalty_at:g})")
-    inactive_after = r.duration(f["inactive_after"][1], "inactive_after") if "inactive_after" in f else 0
-    defect_after = r.duration(f["defect_after"][1], "defect_after")
-    if inactive_after and inactive_after >= defect_after:
-        raise r.fail(f["inactive_after"][1], "inactive_after must be shorter than defect_after")
-    signals: list[Signal] = []
-    seen: set[str] = set()
-    for snode in r.sequence(f["signals"][1], "signals") if "signals" in f else []:
-        new = _signal(r, snode, types)
-        if new[0].name in seen:
-            raise r.fail(snode, f"signal {new[0].name!r} is defined twice")
-        seen.add(new[0].name)
-        signals.extend(new)
-    loyalty_from = (
-        frozenset(_stage_ref(r, n, stages) for n in r.sequence(f["loyalty_from"][1], "loyalty_from"))
-        if "loyalty_from" in f
-        else frozenset()
-    )
-    return DriftRules(
-        after=_stage_ref(r, f["after"][1], stages),
-        half_life_s=r.duration(f["half_life"][1], "half_life"),
-        loyalty_at=loyalty_at,
-        loyalty_stage=_stage_ref(r, f["loyalty_to"][1], stages) if "loyalty_to" in f else None,
-        loyalty_from=loyalty_from,
-        risk_at=risk_at,
-        inactive_after_s=inactive_after,
-        inactive_weight=r.number(f["inactive_weight"][1], "inactive_weight")
-        if "inactive_weight" in f
-        else 0.0,
-        defect_after_s=defect_after,
-        defect_stage=_stage_ref(r, f["defect_to"][1], stages),
-        signals=tuple(signals),
-    )
-
-
-_CLOCK_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-
-
-def _clock(r: _Reader, node: Node, what: str) -> int:
-    m = _CLOCK_RE.match(str(node.value)) if isinstance(node, ScalarNode) else None
-    if m is None:
-        raise r.fail(node, f'{what} must be a time of day like "21:00" (UTC)')
-    return int(m.group(1)) * 60 + int(m.group(2))
-
-
-_POLICY_KEYS = ("kind", "on", "stages", "channel", "cooldown", "window", "converts_on")
-
-
-def _policy(r: _Reader, node: Node, stages: set[str], types: set[str], channels: set[str]) -> NudgePolicy:
-    f = r.mapping(node, "a nudge policy", _POLICY_KEYS)
-    for required in ("kind", "on", "channel", "cooldown", "window"):
-        if required not in f:
-            raise r.fail(node, f"a nudge policy needs {required!r}")
-    trigger_node = f["on"][1]
-    trigger = str(trigger_node.value) if isinstance(trigger_node, ScalarNode) else ""
-    if trigger not in TRIGGERS:
-        raise r.fail(trigger_node, f"a nudge policy's 'on' must be one of: {', '.join(TRIGGERS)}")
-    channel = r.name(f["channel"][1], "channel")
-    if channel not in channels:
-        raise r.fail(f["channel"][1], f"unknown channel {channel!r}")
-    on_stages = (
-        frozenset(_stage_ref(r, n, stages) for n in r.sequence(f["stages"][1], "stages"))
-        if "stages" in f
-        else frozenset()
-    )
-    if trigger == "stall" and not on_stages:
-        raise r.fail(node, "a stall nudge needs the 'stages' whose stalls earn it")
-    trig: Trigger = trigger  # type: ignore[assignment]
-    return NudgePolicy(
-        kind=r.name(f["kind"][1], "nudge kind"),
-        trigger=trig,
-        stages=on_stages,
-        channel=channel,
-        cooldown_s=r.duration(f["cooldown"][1], "cooldown"),
-        window_s=r.duration(f["window"][1], "window"),
-        converts_on=frozenset(_type_refs(r, f["converts_on"][1], types))
-        if "converts_on" in f
-        else frozenset(),
-    )
-
-
-def _nudges(r: _Reader, node: Node, stages: set[str], types: set[str], channels: set[str]) -> NudgeRules:
-    f = r.mapping(node, "the nudges section", ("holdout", "max_age", "cap", "quiet_hours", "policies"))
-    holdout = r.number(f["holdout"][1], "holdout") if "holdout" in f else DEFAULT_HOLDOUT
-    if not 0 <= holdout < 1:
-        raise r.fail(f["holdout"][1], "holdout must be a share from 0 up to (not including) 1")
-    cap_count, cap_window = DEFAULT_CAP_COUNT, DEFAULT_CAP_WINDOW_S
-    if "cap" in f:
-        c = r.mapping(f["cap"][1], "the nudge cap", ("count", "per"))
-        if "count" not in c or "per" not in c:
-            raise r.fail(f["cap"][1], "the nudge cap needs 'count' and 'per'")
-        count = r.number(c["count"][1], "count")
-        if count < 1 or count != int(count):
-            raise r.fail(c["count"][1], "the cap count must be a whole number of at least 1")
-        cap_count, cap_window = int(count), r.duration(c["per"][1], "per")
-    quiet = None
-    if "quiet_hours" in f:
-        q = r.mapping(f["quiet_hours"][1], "quiet_hours", ("from", "to"))
-        if "from" not in q or "to" not in q:
-            raise r.fail(f["quiet_hours"][1], "quiet_hours needs 'from' and 'to' (UTC, like \"21:00\")")
-        quiet = QuietHours(_clock(r, q["from"][1], "from"), _clock(r, q["to"][1], "to"))
-        if quiet.start_min == quiet.end_min:
-            raise r.fail(f["quiet_hours"][1], "quiet_hours 'from' and 'to' must differ")
-    policies: list[NudgePolicy] = []
-    for pnode in r.sequence(f["policies"][1], "policies") if "policies" in f else []:
-        pol = _policy(r, pnode, stages, types, channels)
-        if any(p.kind == pol.kind for p in policies):
-            raise r.fail(pnode, f"nudge kind {pol.kind!r} is defined twice")
-        policies.append(pol)
-    return NudgeRules(
-        policies=tuple(policies),
-        holdout=holdout,
-        max_age_s=r.duration(f["max_age"][1], "max_age") if "max_age" in f else DEFAULT_MAX_AGE_S,
-        cap_count=cap_count,
-        cap_window_s=cap_window,
-        quiet_hours=quiet,
     )
 
 

@@ -21,202 +21,26 @@ Semantics (README "Journey semantics" says the same for users):
   nudge; a :class:`~models.events.Clock` reading may open a stall, fire the
   inactivity signal, defect the customer or close a nudge window. A clock
   reading for an unknown customer changes nothing.
+
+The rule is written once, in :func:`fold_customer` (one customer's run of
+events, one event being a run of one). :func:`fold` is the plain fold, an
+event at a time; :func:`fold_batch` folds a batch of many customers; the
+hypothesis properties hold them equal, whatever the batching.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from models.effects import Extras, deliver, on_clock, on_event
 from models.events import Clock, Delivery, Erase, Touchpoint
-from models.frozen import fast_init
-from models.journey_map import JourneyMap, Stage
+from models.journey_map import JourneyMap
 from models.outputs import Erased, Output
 from models.state import DEDUP_WINDOW, CustomerState, Transition
 
 Item = Touchpoint | Clock | Erase | Delivery
 CLOCK_CHANNEL = "clock"  # the channel of a transition a clock reading caused
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Step:
-    """The result of applying one event."""
-
-    state: CustomerState | None  # None: erased (or a clock reading for nobody)
-    transition: Transition | None = None
-    duplicate: bool = False
-    outputs: tuple[Output, ...] = ()
-
-
-def target_stage(jmap: JourneyMap, current: str | None, event_type: str) -> Stage | None:
-    """The stage an event of ``event_type`` moves a customer in ``current`` to, if any.
-
-    Answered from a table built once per map (:func:`_stage_table`); the rule
-    itself is :func:`stage_rule`.
-    """
-    table = _TABLES.get(id(jmap))
-    if table is None or table[0] is not jmap:
-        table = _TABLES[id(jmap)] = (jmap, _stage_table(jmap))
-    try:
-        return table[1][current, event_type]
-    except KeyError:
-        return stage_rule(jmap, current, event_type)
-
-
-def stage_rule(jmap: JourneyMap, current: str | None, event_type: str) -> Stage | None:
-    """The movement rule (README "Journey semantics")."""
-    if current is None:
-        return jmap.entry_stage.get(event_type, jmap.first_stage)
-    for move in jmap.moves:
-        if event_type in move.on and current in move.from_:
-            return jmap.stage_by_name[move.to] if move.to != current else None
-    target = jmap.entry_stage.get(event_type)
-    if target is None or target.name == current:
-        return None
-    here = jmap.stage_by_name[current]
-    # Exit stages are reached from anywhere; other stages only forward.
-    # A customer in an exit stage comes back only through explicit moves.
-    if not here.exit and (target.exit or target.index > here.index):
-        return target
-    return None
-
-
-def _stage_table(jmap: JourneyMap) -> dict[tuple[str | None, str], Stage | None]:
-    currents: list[str | None] = [None, *jmap.stage_names]
-    return {(c, t): stage_rule(jmap, c, t) for c in currents for t in jmap.event_types}
-
-
-# Maps seen by target_stage, by id, each with its table (the map is kept so an id is never reused).
-_TABLES: dict[int, tuple[JourneyMap, dict[tuple[str | None, str], Stage | None]]] = {}
-
-
-def apply(jmap: JourneyMap, state: CustomerState | None, ev: Item) -> Step:
-    """Apply one event or clock reading to one customer's state (``None``: a new customer)."""
-    if isinstance(ev, Erase):
-        return Step(None, None, outputs=(Erased(ev.erasure_id, ev.customer_id, ev.at),) if state else ())
-    if isinstance(ev, Clock):
-        return _apply_clock(jmap, state, ev) if state is not None else Step(None, None)
-    if isinstance(ev, Delivery):
-        if state is None:
-            return Step(None, None)
-        nudges = deliver(state.nudges, ev.nudge_id, ev.delivery)
-        return Step(state if nudges is state.nudges else replace(state, nudges=nudges), None)
-    if state is not None and ev.event_id in state.recent_ids:
-        return Step(state, None, duplicate=True)
-
-    current = state.stage if state is not None else None
-    target = target_stage(jmap, current, ev.type)
-
-    if state is None:
-        assert target is not None  # a new customer always lands somewhere
-        x = Extras()
-        target = on_event(
-            jmap, x, ev.customer_id, target.name, target, ev.type, ev.event_id, ev.ts, ev.properties, 0
-        )
-        assert target is not None
-        new = CustomerState(
-            customer_id=ev.customer_id,
-            stage=target.name,
-            stage_entered_at=ev.ts,
-            stages={target.name: ev.ts},
-            first_touch_channel=ev.channel,
-            first_touch_at=ev.ts,
-            last_event_at=ev.ts,
-            events=1,
-            type_counts={ev.type: 1},
-            recent_ids=(ev.event_id,),
-            stall=x.stall,
-            drift=x.drift,
-            nudges=x.nudges,
-        )
-        return Step(
-            new,
-            Transition(ev.customer_id, None, target.name, ev.event_id, ev.type, ev.channel, ev.ts, None),
-            outputs=tuple(x.outputs),
-        )
-
-    x = Extras(state.stall, state.drift, state.nudges)
-    seen_before = state.type_counts.get(ev.type, 0)
-    target = on_event(
-        jmap, x, ev.customer_id, state.stage, target, ev.type, ev.event_id, ev.ts, ev.properties, seen_before
-    )
-    counts = dict(state.type_counts)
-    counts[ev.type] = seen_before + 1
-    recent = (*state.recent_ids[-(DEDUP_WINDOW - 1) :], ev.event_id)
-    transition: Transition | None = None
-    stage, entered, stages = state.stage, state.stage_entered_at, state.stages
-    if target is not None:
-        transition = Transition(
-            ev.customer_id,
-            state.stage,
-            target.name,
-            ev.event_id,
-            ev.type,
-            ev.channel,
-            ev.ts,
-            max(0, ev.ts - state.stage_entered_at),
-        )
-        stage, entered = target.name, ev.ts
-        if target.name not in stages:
-            stages = {**stages, target.name: ev.ts}
-    new = CustomerState(
-        customer_id=state.customer_id,
-        stage=stage,
-        stage_entered_at=entered,
-        stages=stages,
-        first_touch_channel=state.first_touch_channel,
-        first_touch_at=state.first_touch_at,
-        last_event_at=max(state.last_event_at, ev.ts),
-        events=state.events + 1,
-        type_counts=counts,
-        recent_ids=recent,
-        stall=x.stall,
-        drift=x.drift,
-        nudges=x.nudges,
-    )
-    return Step(new, transition, outputs=tuple(x.outputs))
-
-
-def _apply_clock(jmap: JourneyMap, state: CustomerState, clock: Clock) -> Step:
-    x = Extras(state.stall, state.drift, state.nudges)
-    moved = on_clock(
-        jmap, x, state.customer_id, state.stage, state.stage_entered_at, state.last_event_at, clock.now
-    )
-    transition = None
-    stage, entered, stages = state.stage, state.stage_entered_at, state.stages
-    if moved is not None:
-        target, at = moved
-        transition = _clock_transition(state.customer_id, state.stage, state.stage_entered_at, target, at)
-        stage, entered = target.name, at
-        if target.name not in stages:
-            stages = {**stages, target.name: at}
-    if (
-        transition is None
-        and not x.outputs
-        and x.stall is state.stall
-        and x.drift is state.drift
-        and x.nudges is state.nudges
-    ):
-        return Step(state, None)
-    new = replace(
-        state,
-        stage=stage,
-        stage_entered_at=entered,
-        stages=stages,
-        stall=x.stall,
-        drift=x.drift,
-        nudges=x.nudges,
-    )
-    return Step(new, transition, outputs=tuple(x.outputs))
-
-
-def _clock_transition(cid: str, from_stage: str, entered: int, target: Stage, at: int) -> Transition:
-    """A move a clock reading caused (inactivity): its id comes from the deadline."""
-    return Transition(
-        cid, from_stage, target.name, f"inactive:{at}", "inactivity", CLOCK_CHANNEL, at, max(0, at - entered)
-    )
 
 
 @dataclass(slots=True)
@@ -238,14 +62,12 @@ _LIST_LOOKUPS = 4
 
 
 class _Working:
-    """A customer's state while one batch is folded: mutable, frozen once at the end.
+    """A customer's state while a run of their events is folded: mutable, frozen once at the end.
 
-    ``apply`` builds a new frozen state per event, copying the recent ids
-    (up to ``DEDUP_WINDOW``) and the counts each time; a batch folds many
-    events of a customer, so it copies once on the way in, mutates, and
-    freezes once on the way out. ``recent`` keeps the window's order and
-    ``seen`` the same ids for the look-up. The hypothesis properties hold it
-    to :func:`apply`: :func:`fold` is still the plain, event-by-event fold.
+    A run copies the stored state once on the way in (the recent ids, the
+    counts), mutates, and freezes once on the way out, instead of building
+    a new frozen state per event. ``recent`` keeps the de-duplication
+    window's order and ``seen`` the same ids for the look-up.
     """
 
     __slots__ = (
@@ -264,9 +86,9 @@ class _Working:
         "type_counts",
     )
 
-    def __init__(self, state: CustomerState, outputs: list[Output] | None = None) -> None:
+    def __init__(self, state: CustomerState, outputs: list[Output]) -> None:
         self.customer_id = state.customer_id
-        self.stage = state.stage
+        self.stage: str | None = state.stage
         self.stage_entered_at = state.stage_entered_at
         self.stages = dict(state.stages)
         self.first_touch_channel = state.first_touch_channel
@@ -277,7 +99,24 @@ class _Working:
         self.recent = list(state.recent_ids)
         self.seen: set[str] | None = None
         self.lookups = 0
-        self.extras = Extras(state.stall, state.drift, state.nudges, outputs if outputs is not None else [])
+        self.extras = Extras(state.stall, state.drift, state.nudges, outputs)
+
+    @classmethod
+    def first(cls, jmap: JourneyMap, ev: Touchpoint, outputs: list[Output]) -> tuple[_Working, Transition]:
+        """A new customer, made by their first event: they land in the stage it
+        enters (the map's first stage if none), where its effects apply."""
+        w = cls.__new__(cls)
+        w.customer_id = ev.customer_id
+        w.stage, w.stage_entered_at, w.stages = None, ev.ts, {}
+        w.first_touch_channel, w.first_touch_at, w.last_event_at = ev.channel, ev.ts, ev.ts
+        w.events, w.type_counts, w.recent = 1, {ev.type: 1}, [ev.event_id]
+        w.seen, w.lookups = None, 0
+        w.extras = Extras(outputs=outputs)
+        entry = jmap.target(None, ev.type)
+        assert entry is not None  # a new customer always lands somewhere
+        landed = on_event(jmap, w.extras, entry.name, entry, ev, 0)
+        assert landed is not None
+        return w, w.enter(landed.name, ev.ts, ev.event_id, ev.type, ev.channel)
 
     def duplicate(self, event_id: str) -> bool:
         seen = self.seen
@@ -288,8 +127,27 @@ class _Working:
             seen = self.seen = set(self.recent)
         return event_id in seen
 
+    def enter(self, stage: str, at: int, event_id: str, event_type: str, channel: str) -> Transition:
+        """Move to ``stage`` at ``at``: the one place a transition is made."""
+        frm = self.stage
+        t = Transition(
+            self.customer_id,
+            frm,
+            stage,
+            event_id,
+            event_type,
+            channel,
+            at,
+            None if frm is None else max(0, at - self.stage_entered_at),
+        )
+        self.stage, self.stage_entered_at = stage, at
+        self.stages.setdefault(stage, at)
+        return t
+
     def apply(self, jmap: JourneyMap, ev: Touchpoint) -> Transition | None:
-        """Apply one event that is not a duplicate (the caller checked ``seen``)."""
+        """Apply one event that is not a duplicate (the caller checked)."""
+        stage = self.stage
+        assert stage is not None
         counts = self.type_counts
         seen_before = counts.get(ev.type, 0)
         counts[ev.type] = seen_before + 1
@@ -305,42 +163,20 @@ class _Working:
         self.events += 1
         if ev.ts > self.last_event_at:
             self.last_event_at = ev.ts
-        target = target_stage(jmap, self.stage, ev.type)
-        target = on_event(
-            jmap,
-            self.extras,
-            ev.customer_id,
-            self.stage,
-            target,
-            ev.type,
-            ev.event_id,
-            ev.ts,
-            ev.properties,
-            seen_before,
-        )
+        target = on_event(jmap, self.extras, stage, jmap.target(stage, ev.type), ev, seen_before)
         if target is None:
             return None
-        t = Transition(
-            ev.customer_id,
-            self.stage,
-            target.name,
-            ev.event_id,
-            ev.type,
-            ev.channel,
-            ev.ts,
-            max(0, ev.ts - self.stage_entered_at),
-        )
-        self.stage, self.stage_entered_at = target.name, ev.ts
-        self.stages.setdefault(target.name, ev.ts)
-        return t
+        return self.enter(target.name, ev.ts, ev.event_id, ev.type, ev.channel)
 
     def clock(self, jmap: JourneyMap, clock: Clock) -> Transition | None:
-        """Apply a clock reading."""
+        """Apply a clock reading; a move it causes (inactivity) gets its id from the deadline."""
+        stage = self.stage
+        assert stage is not None
         moved = on_clock(
             jmap,
             self.extras,
             self.customer_id,
-            self.stage,
+            stage,
             self.stage_entered_at,
             self.last_event_at,
             clock.now,
@@ -348,12 +184,10 @@ class _Working:
         if moved is None:
             return None
         target, at = moved
-        t = _clock_transition(self.customer_id, self.stage, self.stage_entered_at, target, at)
-        self.stage, self.stage_entered_at = target.name, at
-        self.stages.setdefault(target.name, at)
-        return t
+        return self.enter(target.name, at, f"inactive:{at}", "inactivity", CLOCK_CHANNEL)
 
     def freeze(self) -> CustomerState:
+        assert self.stage is not None
         return CustomerState(
             customer_id=self.customer_id,
             stage=self.stage,
@@ -373,11 +207,8 @@ class _Working:
 
 def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterable[Item]) -> CustomerFold:
     """Apply one customer's events, clock readings and erasures in order,
-    collecting transitions, outputs and counts.
-
-    The same result as :func:`apply` item by item, with one working copy of
-    the state for the whole run (see :class:`_Working`).
-    """
+    collecting transitions, outputs and counts (``state``: None for a new
+    customer). One event is a run of one: this is the reducer."""
     out = CustomerFold(state)
     base = state  # what the run builds on: None for a new customer, and after an erasure
     work: _Working | None = None
@@ -415,12 +246,9 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
             continue
         if work is None:
             if base is None:
-                step = apply(jmap, None, ev)  # a new customer: the first event makes the state
-                assert step.transition is not None and step.state is not None
-                transitions.append(step.transition)
+                work, t = _Working.first(jmap, ev, outputs)  # a new customer
+                transitions.append(t)
                 out.applied += 1
-                outputs.extend(step.outputs)
-                work = _Working(step.state, outputs)
                 continue
             work = _Working(base, outputs)
         if work.duplicate(ev.event_id):
@@ -454,11 +282,12 @@ def fold(jmap: JourneyMap, events: Iterable[Item]) -> dict[str, CustomerState]:
     """
     states: dict[str, CustomerState] = {}
     for ev in events:
-        new = apply(jmap, states.get(ev.customer_id), ev).state
-        if new is not None:
-            states[ev.customer_id] = new
-        elif isinstance(ev, Erase):
-            states.pop(ev.customer_id, None)
+        cid = ev.customer_id
+        new = fold_customer(jmap, states.get(cid), (ev,))
+        if new.state is not None:
+            states[cid] = new.state
+        elif new.erased:
+            del states[cid]
     return states
 
 

@@ -1,7 +1,8 @@
 """The journey map's rules for drift and nudges, as plain frozen values.
 
-Parsed and validated by :func:`models.journey_map.parse_map` from the map's
-``drift:`` and ``nudges:`` sections; README "Stalls, drift and nudges"
+Parsed and validated here from the map's ``drift:`` and ``nudges:``
+sections (:func:`parse_drift`, :func:`parse_nudges`, called by
+:func:`models.journey_map.parse_map`); README "Stalls, drift and nudges"
 documents the YAML and the defaults. Nothing here has behaviour beyond
 small look-ups: the scoring lives in :mod:`models.drift`, the nudge policy
 in :mod:`models.nudges`.
@@ -9,9 +10,14 @@ in :mod:`models.nudges`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
+
+from yaml.nodes import Node, ScalarNode
+
+from models.map_reader import Reader
 
 DAY_S: Final = 86_400
 
@@ -111,3 +117,196 @@ class NudgeRules:
 
     def kind(self, kind: str) -> NudgePolicy | None:
         return next((p for p in self.policies if p.kind == kind), None)
+
+
+# Parsing: the map's drift: and nudges: sections into the values above.
+
+_SIGNAL_KEYS = (
+    "name",
+    "on",
+    "weight",
+    "property",
+    "at_least",
+    "below",
+    "repeat",
+    "value_property",
+    "per_unit",
+    "max",
+)
+
+
+def _signal(r: Reader, node: Node, known_types: set[str]) -> list[Signal]:
+    f = r.mapping(node, "a signal", _SIGNAL_KEYS)
+    for required in ("name", "on", "weight"):
+        if required not in f:
+            raise r.fail(node, f"a signal needs {required!r}")
+    name = r.name(f["name"][1], "signal name")
+    prop = r.name(f["property"][1], "property") if "property" in f else None
+    at_least = r.number(f["at_least"][1], "at_least") if "at_least" in f else None
+    below = r.number(f["below"][1], "below") if "below" in f else None
+    if prop is None and (at_least is not None or below is not None):
+        raise r.fail(node, "at_least and below test a 'property'; name it")
+    if prop is not None and at_least is None and below is None:
+        raise r.fail(f["property"][1], "a signal's property needs 'at_least' or 'below'")
+    value_prop = r.name(f["value_property"][1], "value_property") if "value_property" in f else None
+    per_unit = r.number(f["per_unit"][1], "per_unit") if "per_unit" in f else 0.0
+    value_max = r.number(f["max"][1], "max") if "max" in f else 0.0
+    if value_prop is not None and (per_unit == 0 or value_max <= 0):
+        raise r.fail(
+            f["value_property"][1], "value_property needs a non-zero 'per_unit' and a positive 'max'"
+        )
+    return [
+        Signal(
+            name=name,
+            on=t,
+            weight=r.number(f["weight"][1], "weight"),
+            prop=prop,
+            at_least=at_least,
+            below=below,
+            repeat=r.boolean(f["repeat"][1], "repeat") if "repeat" in f else False,
+            value_property=value_prop,
+            per_unit=per_unit,
+            value_max=value_max,
+        )
+        for t in r.type_refs(f["on"][1], known_types)
+    ]
+
+
+_DRIFT_KEYS = (
+    "after",
+    "half_life",
+    "loyalty_at",
+    "loyalty_to",
+    "loyalty_from",
+    "risk_at",
+    "inactive_after",
+    "inactive_weight",
+    "defect_after",
+    "defect_to",
+    "signals",
+)
+
+
+def parse_drift(r: Reader, node: Node, stages: set[str], types: set[str]) -> DriftRules:
+    f = r.mapping(node, "the drift section", _DRIFT_KEYS)
+    for required in ("after", "half_life", "loyalty_at", "risk_at", "defect_after", "defect_to"):
+        if required not in f:
+            raise r.fail(node, f"the drift section needs {required!r}")
+    loyalty_at = r.number(f["loyalty_at"][1], "loyalty_at")
+    risk_at = r.number(f["risk_at"][1], "risk_at")
+    if risk_at >= loyalty_at:
+        raise r.fail(f["risk_at"][1], f"risk_at ({risk_at:g}) must be below loyalty_at ({loyalty_at:g})")
+    inactive_after = r.duration(f["inactive_after"][1], "inactive_after") if "inactive_after" in f else 0
+    defect_after = r.duration(f["defect_after"][1], "defect_after")
+    if inactive_after and inactive_after >= defect_after:
+        raise r.fail(f["inactive_after"][1], "inactive_after must be shorter than defect_after")
+    signals: list[Signal] = []
+    seen: set[str] = set()
+    for snode in r.sequence(f["signals"][1], "signals") if "signals" in f else []:
+        new = _signal(r, snode, types)
+        if new[0].name in seen:
+            raise r.fail(snode, f"signal {new[0].name!r} is defined twice")
+        seen.add(new[0].name)
+        signals.extend(new)
+    loyalty_from = (
+        frozenset(r.stage_ref(n, stages) for n in r.sequence(f["loyalty_from"][1], "loyalty_from"))
+        if "loyalty_from" in f
+        else frozenset()
+    )
+    return DriftRules(
+        after=r.stage_ref(f["after"][1], stages),
+        half_life_s=r.duration(f["half_life"][1], "half_life"),
+        loyalty_at=loyalty_at,
+        loyalty_stage=r.stage_ref(f["loyalty_to"][1], stages) if "loyalty_to" in f else None,
+        loyalty_from=loyalty_from,
+        risk_at=risk_at,
+        inactive_after_s=inactive_after,
+        inactive_weight=r.number(f["inactive_weight"][1], "inactive_weight")
+        if "inactive_weight" in f
+        else 0.0,
+        defect_after_s=defect_after,
+        defect_stage=r.stage_ref(f["defect_to"][1], stages),
+        signals=tuple(signals),
+    )
+
+
+_CLOCK_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def _clock(r: Reader, node: Node, what: str) -> int:
+    m = _CLOCK_RE.match(str(node.value)) if isinstance(node, ScalarNode) else None
+    if m is None:
+        raise r.fail(node, f'{what} must be a time of day like "21:00" (UTC)')
+    return int(m.group(1)) * 60 + int(m.group(2))
+
+
+_POLICY_KEYS = ("kind", "on", "stages", "channel", "cooldown", "window", "converts_on")
+
+
+def _policy(r: Reader, node: Node, stages: set[str], types: set[str], channels: set[str]) -> NudgePolicy:
+    f = r.mapping(node, "a nudge policy", _POLICY_KEYS)
+    for required in ("kind", "on", "channel", "cooldown", "window"):
+        if required not in f:
+            raise r.fail(node, f"a nudge policy needs {required!r}")
+    trigger_node = f["on"][1]
+    trigger = str(trigger_node.value) if isinstance(trigger_node, ScalarNode) else ""
+    if trigger not in TRIGGERS:
+        raise r.fail(trigger_node, f"a nudge policy's 'on' must be one of: {', '.join(TRIGGERS)}")
+    channel = r.name(f["channel"][1], "channel")
+    if channel not in channels:
+        raise r.fail(f["channel"][1], f"unknown channel {channel!r}")
+    on_stages = (
+        frozenset(r.stage_ref(n, stages) for n in r.sequence(f["stages"][1], "stages"))
+        if "stages" in f
+        else frozenset()
+    )
+    if trigger == "stall" and not on_stages:
+        raise r.fail(node, "a stall nudge needs the 'stages' whose stalls earn it")
+    trig: Trigger = trigger  # type: ignore[assignment]
+    return NudgePolicy(
+        kind=r.name(f["kind"][1], "nudge kind"),
+        trigger=trig,
+        stages=on_stages,
+        channel=channel,
+        cooldown_s=r.duration(f["cooldown"][1], "cooldown"),
+        window_s=r.duration(f["window"][1], "window"),
+        converts_on=frozenset(r.type_refs(f["converts_on"][1], types)) if "converts_on" in f else frozenset(),
+    )
+
+
+def parse_nudges(r: Reader, node: Node, stages: set[str], types: set[str], channels: set[str]) -> NudgeRules:
+    f = r.mapping(node, "the nudges section", ("holdout", "max_age", "cap", "quiet_hours", "policies"))
+    holdout = r.number(f["holdout"][1], "holdout") if "holdout" in f else DEFAULT_HOLDOUT
+    if not 0 <= holdout < 1:
+        raise r.fail(f["holdout"][1], "holdout must be a share from 0 up to (not including) 1")
+    cap_count, cap_window = DEFAULT_CAP_COUNT, DEFAULT_CAP_WINDOW_S
+    if "cap" in f:
+        c = r.mapping(f["cap"][1], "the nudge cap", ("count", "per"))
+        if "count" not in c or "per" not in c:
+            raise r.fail(f["cap"][1], "the nudge cap needs 'count' and 'per'")
+        count = r.number(c["count"][1], "count")
+        if count < 1 or count != int(count):
+            raise r.fail(c["count"][1], "the cap count must be a whole number of at least 1")
+        cap_count, cap_window = int(count), r.duration(c["per"][1], "per")
+    quiet = None
+    if "quiet_hours" in f:
+        q = r.mapping(f["quiet_hours"][1], "quiet_hours", ("from", "to"))
+        if "from" not in q or "to" not in q:
+            raise r.fail(f["quiet_hours"][1], "quiet_hours needs 'from' and 'to' (UTC, like \"21:00\")")
+        quiet = QuietHours(_clock(r, q["from"][1], "from"), _clock(r, q["to"][1], "to"))
+        if quiet.start_min == quiet.end_min:
+            raise r.fail(f["quiet_hours"][1], "quiet_hours 'from' and 'to' must differ")
+    policies: list[NudgePolicy] = []
+    for pnode in r.sequence(f["policies"][1], "policies") if "policies" in f else []:
+        pol = _policy(r, pnode, stages, types, channels)
+        if any(p.kind == pol.kind for p in policies):
+            raise r.fail(pnode, f"nudge kind {pol.kind!r} is defined twice")
+        policies.append(pol)
+    return NudgeRules(
+        policies=tuple(policies),
+        holdout=holdout,
+        max_age_s=r.duration(f["max_age"][1], "max_age") if "max_age" in f else DEFAULT_MAX_AGE_S,
+        cap_count=cap_count,
+        cap_window_s=cap_window,
+        quiet_hours=quiet,
+    )

@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 from models.events import Touchpoint
 from models.frozen import fast_init
 from models.journey_map import load_map
-from models.reducer import Step, fold
+from models.reducer import fold
 from models.state import CustomerState, Drift, NudgeRef, Stall, Transition
 
 from .strategies import journeys
 
-FAST = (Touchpoint, CustomerState, Transition, Stall, Drift, NudgeRef, Step)
+FAST = (Touchpoint, CustomerState, Transition, Stall, Drift, NudgeRef)
 
 
 @fast_init

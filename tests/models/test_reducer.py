@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from models import (
     CustomerState,
     Touchpoint,
-    apply,
     decode_state,
     encode_state,
     fold,
@@ -88,9 +87,9 @@ def test_late_event_never_gives_negative_stage_time() -> None:
 
 def test_duplicate_changes_nothing_and_is_reported() -> None:
     first = tp("page_view", 0, eid="same")
-    s1 = apply(MAP, None, first).state
-    step = apply(MAP, s1, tp("add_to_cart", 1, eid="same"))
-    assert step.duplicate and step.state is s1 and step.transition is None
+    s1 = fold_customer(MAP, None, [first]).state
+    step = fold_customer(MAP, s1, [tp("add_to_cart", 1, eid="same")])
+    assert step.duplicates == 1 and step.state is s1 and step.transitions == [] and not step.changed
 
 
 def test_dedup_window_is_bounded() -> None:
@@ -102,20 +101,17 @@ def test_dedup_window_is_bounded() -> None:
 
 
 def test_the_stage_table_answers_as_the_rule_does() -> None:
-    from models.reducer import stage_rule, target_stage
-
     for current in [None, *MAP.stage_names]:
         for etype in [*MAP.event_types, "not_in_the_map"]:
-            assert target_stage(MAP, current, etype) == stage_rule(MAP, current, etype), (current, etype)
+            assert MAP.target(current, etype) == MAP.stage_rule(current, etype), (current, etype)
 
 
 def test_transition_ids_are_deterministic() -> None:
     ev = tp("page_view", 0, eid="fixed")
-    a = apply(MAP, None, ev).transition
-    b = apply(MAP, None, ev).transition
-    assert a is not None and b is not None
-    assert a.transition_id == b.transition_id
-    assert a.transition_id != apply(MAP, None, tp("page_view", 0, eid="other")).transition.transition_id  # type: ignore[union-attr]
+    [a] = fold_customer(MAP, None, [ev]).transitions
+    [b] = fold_customer(MAP, None, [ev]).transitions
+    [other] = fold_customer(MAP, None, [tp("page_view", 0, eid="other")]).transitions
+    assert a.transition_id == b.transition_id != other.transition_id
     rec = a.to_record()
     assert rec["from"] is None and rec["to"] == "awareness" and rec["previous_stage_seconds"] is None
 
@@ -156,10 +152,10 @@ def test_any_batching_equals_the_plain_fold(
     plain: dict[str, CustomerState | None] = {}
     want: dict[str, list[object]] = {}
     for ev in events:
-        step = apply(MAP, plain.get(ev.customer_id), ev)
+        step = fold_customer(MAP, plain.get(ev.customer_id), [ev])
         plain[ev.customer_id] = step.state
         got = want.setdefault(ev.customer_id, [])
-        got.extend([step.transition] if step.transition else [])
+        got.extend(step.transitions)
         got.extend(step.outputs)
     # Per customer the same records, though a batch lists its transitions before its outputs.
     for cid, records in want.items():
@@ -172,11 +168,10 @@ def test_a_clock_reading_applied_twice_changes_nothing_more(events: list[Touchpo
     for ev in events:
         if ev.customer_id != "c0":
             continue
-        step = apply(MAP, state, ev)
-        state = step.state
+        state = fold_customer(MAP, state, [ev]).state
         if isinstance(ev, Clock) and state is not None:
-            again = apply(MAP, state, ev)
-            assert again.state == state and again.transition is None and again.outputs == ()
+            again = fold_customer(MAP, state, [ev])
+            assert again.state == state and again.transitions == [] and again.outputs == []
 
 
 @given(journeys())
@@ -258,17 +253,16 @@ def test_the_batch_fold_equals_applying_one_by_one_past_the_dedup_window(
     picks: list[tuple[int, str]],
 ) -> None:
     """Long runs of one customer, ids repeating from beyond the window: the
-    working-state fold evicts and recognises exactly as apply does."""
+    fold of a long run evicts and recognises exactly as event by event does."""
     events = [Touchpoint(f"e{i}", "c1", etype, "web", T0 + n * 1000) for n, (i, etype) in enumerate(picks)]
     state: CustomerState | None = None
     applied = 0
     transitions = []
     for ev in events:
-        step = apply(MAP, state, ev)
+        step = fold_customer(MAP, state, [ev])
         state = step.state
-        applied += not step.duplicate
-        if step.transition is not None:
-            transitions.append(step.transition)
+        applied += step.applied
+        transitions.extend(step.transitions)
     for cut in (0, len(events) // 3, len(events)):
         first = fold_customer(MAP, None, events[:cut])
         rest = fold_customer(MAP, first.state, events[cut:])
