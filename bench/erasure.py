@@ -14,11 +14,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import redis
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.results import recorded
 from stream.redis.gate import ClaimRequest, NudgeGate
 from stream.settings import Settings
 
@@ -68,4 +73,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("erasure"):
+        main()

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agents.plan import plan_batch  # noqa: E402
+from bench.results import recorded  # noqa: E402
 from models import load_map, parse_touchpoint  # noqa: E402
 from stream.engine.partitioning import key_partition  # noqa: E402
 from stream.engine.state_cache import StateCache  # noqa: E402
@@ -105,4 +106,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("fold"):
+        main()

@@ -34,6 +34,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results import recorded  # noqa: E402
 from stream.settings import Settings  # noqa: E402
 from stream.tools.kafka import ensure_topics, producer, tracker_topics  # noqa: E402
 from stream.tools.simulator import generate  # noqa: E402
@@ -158,4 +159,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("latency"):
+        main()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The engine's slow fault tests, outside `make test`: the join-then-leave
 # rebalance test N times in a row (default 20), then the 60 s broker outage,
-# then Redis hung for 60 s through a stall burst three times the nudge outbox's bound.
+# then Redis hung for 60 s through a stall burst three times the nudge outbox's
+# bound, then five SIGKILLs in a stream of 100,000 events (both stores).
 # Needs the local stack (deploy/local/stack.sh up); prints a line per run and
 # a last line `soak: P passed, F failed`. Each run keeps its worker logs.
 #
@@ -33,6 +34,12 @@ if JOURNEY_TEST_LONG=1 .venv/bin/pytest -q -p no:cacheprovider \
     passed=$((passed + 1)); echo "Redis hung 60 s through a stall burst past the outbox bound: passed"
 else
     failed=$((failed + 1)); echo "Redis hung 60 s through a stall burst: FAILED (log: $logs/outbox-redis-60s.log)"
+fi
+if JOURNEY_TEST_LONG=1 .venv/bin/pytest -q -p no:cacheprovider \
+    "tests/integration/test_engine.py::test_kill_rounds" >"$logs/kill-rounds.log" 2>&1; then
+    passed=$((passed + 1)); echo "five SIGKILLs in 100,000 events, memory and RocksDB: passed"
+else
+    failed=$((failed + 1)); echo "five SIGKILLs in 100,000 events: FAILED (log: $logs/kill-rounds.log)"
 fi
 echo "soak: $passed passed, $failed failed"
 ((failed == 0))

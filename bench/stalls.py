@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agents.plan import plan_batch  # noqa: E402
+from bench.results import recorded  # noqa: E402
 from models import load_map  # noqa: E402
 from models.effects import deadline_of  # noqa: E402
 from models.events import CLOCK_HEADER, Clock, Touchpoint  # noqa: E402
@@ -145,4 +146,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("stalls"):
+        main()

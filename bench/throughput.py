@@ -48,6 +48,7 @@ from aiokafka import AIOKafkaConsumer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results import recorded  # noqa: E402
 from stream.settings import Settings  # noqa: E402
 from stream.tools.kafka import ensure_topics, group_offsets, producer, tracker_topics  # noqa: E402
 from stream.tools.simulator import generate, produce  # noqa: E402
@@ -323,4 +324,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("throughput"):
+        main()

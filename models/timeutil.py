@@ -26,8 +26,8 @@ def ms_to_iso(ms: int) -> str:
     """Format epoch milliseconds as ISO-8601 UTC with millisecond precision.
 
     Integer arithmetic and the date part cached per day: every transition
-    and stall record carries times, and ``datetime.strftime`` cost about
-    2.3 µs each (now about 1 µs). The same text as formatting the datetime.
+    and stall record carries times, and ``datetime.strftime`` costs more than
+    twice as much. The same text as formatting the datetime.
     """
     days, rem = divmod(ms, 86_400_000)
     secs, msec = divmod(rem, 1000)

@@ -3,8 +3,7 @@
 A value is one orjson object: the customer state's compact fields
 (``models.state.state_to_dict``), the source offset ``o`` of the last event
 applied (the worker's exact replay guard), and the format version ``v``.
-Stall and drift state will extend the value; a new field with a default
-needs no new version, a changed meaning does. Values written before the
+A new field with a default needs no new version, a changed meaning does. Values written before the
 version existed (no ``v``) read as version 1: the fields are the same.
 """
 

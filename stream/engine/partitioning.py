@@ -18,7 +18,7 @@ from aiokafka.partitioner import murmur2
 def key_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key``.
 
-    Cached: aiokafka's murmur2 is pure Python (about 2 µs a key) and the
-    worker asks once per customer per batch.
+    Cached: aiokafka's murmur2 is pure Python and the worker asks once per
+    customer per batch.
     """
     return (murmur2(key) & 0x7FFFFFFF) % partitions

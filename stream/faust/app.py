@@ -100,8 +100,8 @@ def bounded_worker(
     """A Faust worker that stops within ``stop_timeout_s`` of SIGTERM or SIGINT.
 
     Faust's graceful stop flushes the producer, commits and leaves the group;
-    with the broker away each of those waits on its own timeouts (a stop took
-    over 90 s on the local stack). A daemon timer started with the stop calls
+    with the broker away each of those waits on its own timeouts, which add up
+    to minutes. A daemon timer started with the stop calls
     ``on_timeout`` (which exits without committing: the batch in hand is
     replayed by the next owner) if the stop has not finished by then. Its
     root log handlers also hold back repeated warnings and errors
@@ -133,7 +133,7 @@ def bounded_worker(
 def disable_spinner(worker: Any) -> None:
     """Faust's terminal spinner sets the root logger to DEBUG (so it can spin on
     every record) whenever the level is WARNING or above: every Kafka produce
-    then builds a debug log record, about 10% of the worker's time."""
+    then builds a debug log record, a tenth of the worker's time when it was measured."""
     worker.spinner = None
 
 

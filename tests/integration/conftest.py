@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 from collections.abc import Iterator
@@ -43,7 +44,23 @@ def spawn(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
         w.stop()
 
 
+# What stops or hangs the shared stack (or flushes Redis's scripts) for every
+# test running at the same time: such a test must be marked stack_fault, and
+# make test runs those one at a time after the others (deploy/local/run-tests.sh).
+STACK_FAULTS = ("KafkaOutage(", "RedisOutage(", "RedisHang(", "script_flush(")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+        func = getattr(item, "function", None)
+        if func is None or item.get_closest_marker("stack_fault") is not None:
+            continue
+        source = inspect.getsource(func)
+        fault = next((f for f in STACK_FAULTS if f in source), None)
+        if fault is not None:
+            raise pytest.UsageError(
+                f"{item.nodeid} uses {fault[:-1]} but is not marked stack_fault: mark it, so that "
+                "make test runs it alone (tests running beside it would see the fault too)"
+            )

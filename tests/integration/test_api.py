@@ -155,6 +155,7 @@ def test_no_body_or_header_gets_a_5xx(
     assert status < 500, (status, body[:200])
 
 
+@pytest.mark.stack_fault
 def test_a_broker_outage_answers_503_with_retry_after(api: tuple[WorkerProcess, Settings]) -> None:
     worker, _ = api
     with KafkaOutage():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -53,7 +52,6 @@ def test_prometheus_sees_a_worker_and_the_recorded_stage_counts_match(
     worker.wait_ready()
     send_messages(settings, generate(300, seed=5))
     instance = f"127.0.0.1:{SCRAPED_PORT}"
-    time.sleep(3)
 
     def scraped() -> dict[str, float] | None:
         res = prom("/api/v1/query", query=f'journey_customers{{instance="{instance}"}}')["result"]

@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from stream.tools.kafka import admin, tracker_topics
 from stream.tools.simulator import generate
 from tests.integration.harness import (
@@ -45,6 +47,7 @@ def test_a_worker_whose_topics_vanish_says_so_once_and_exits(
     assert len(log.splitlines()) < 2000
 
 
+@pytest.mark.stack_fault
 def test_sigterm_stops_a_worker_within_the_bound_with_the_broker_away(
     spawn: list[WorkerProcess], tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 import redis
 
 from models.events import Touchpoint
@@ -31,6 +32,7 @@ BOUND = 40
 HANG_S = 60.0 if os.environ.get("JOURNEY_TEST_LONG") else 10.0
 
 
+@pytest.mark.stack_fault
 def test_a_stall_burst_past_the_outbox_bound_while_redis_hangs_loses_and_doubles_nothing(
     spawn: list[WorkerProcess], tmp_path: Path
 ) -> None:

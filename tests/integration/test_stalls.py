@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from models import load_map
 from models.events import Touchpoint
@@ -223,6 +224,7 @@ def by_type(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [r for r in records if r.get("type") == kind]
 
 
+@pytest.mark.stack_fault
 def test_redis_down_holds_nudges_and_tracking_goes_on(spawn: list[WorkerProcess], tmp_path: Path) -> None:
     settings = make_settings(tmp_path, map_path=DEMO_MAP_PATH, partitions=2)
     ensure_topics(settings, tracker_topics(settings))

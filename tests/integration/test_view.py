@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from models import Touchpoint, fold, load_map
@@ -47,6 +48,7 @@ def view_mismatches(s: Settings, states: dict[str, CustomerState]) -> list[str]:
     return out
 
 
+@pytest.mark.stack_fault
 def test_the_view_mirrors_the_table_and_catches_up_after_a_redis_outage(
     spawn: list[WorkerProcess], tmp_path: Path
 ) -> None:
@@ -186,6 +188,7 @@ def test_an_older_state_never_overwrites_a_newer_one_and_marks_say_what_to_rewri
     assert overflowed["stage"] == "cart" and overflowed["offset"] == "40"
 
 
+@pytest.mark.stack_fault
 def test_the_view_equals_the_table_after_script_flushes_while_events_flow(
     spawn: list[WorkerProcess], tmp_path: Path
 ) -> None:

@@ -1,0 +1,75 @@
+"""The deadline index: what is due comes out once, in time order, per owned partition."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from models import Touchpoint, fold, load_map
+from models.effects import deadline_of
+from models.state import CustomerState
+from stream.engine.deadlines import DeadlineIndex
+
+MAP = load_map()
+T0 = 1_790_000_000_000
+
+
+def index() -> DeadlineIndex:
+    idx = DeadlineIndex(lambda state: deadline_of(MAP, state))
+    idx.on_partition_recovered(0)
+    return idx
+
+
+def carts(n: int) -> Sequence[CustomerState]:
+    events = [Touchpoint(f"e{i}", f"c{i}", "add_to_cart", "web", T0 + i * 1000) for i in range(n)]
+    return list(fold(MAP, events).values())
+
+
+def test_loaded_states_come_out_when_due_in_deadline_order_and_once() -> None:
+    idx = index()
+    states = carts(5)
+    idx.on_partition_loaded(0, states[:2])  # the scan's chunks
+    idx.on_partition_loaded(0, states[2:])
+    first = deadline_of(MAP, states[0])
+    assert first is not None and idx.next_due(0) == first and len(idx) == 5
+    assert idx.pop_due(0, first - 1) == []
+    assert idx.pop_due(0, first + 2500) == ["c0", "c1", "c2"]
+    assert idx.pop_due(0, first + 2500) == []  # taken out: a batch puts them back
+    assert idx.pop_due(0, first + 10**9, limit=1) == ["c3"]
+    assert len(idx) == 1
+
+
+def test_a_new_deadline_replaces_the_old_and_none_removes_it() -> None:
+    idx = index()
+    idx.set(0, "a", 100)
+    idx.set(0, "a", 300)  # moved later: the stale heap entry no longer counts
+    idx.set(0, "b", 200)
+    idx.set(0, "c", 150)
+    idx.set(0, "c", None)  # nothing left to wait for
+    assert idx.pop_due(0, 250) == ["b"]
+    assert idx.next_due(0) == 300 and idx.pop_due(0, 300) == ["a"]
+
+
+def test_partitions_not_owned_are_ignored_and_revoked_ones_forgotten() -> None:
+    idx = index()
+    idx.set(7, "x", 1)  # not owned
+    assert idx.pop_due(7, 10) == [] and idx.partitions() == [0]
+    idx.set(0, "y", 1)
+    idx.on_partition_revoked(0)
+    assert idx.pop_due(0, 10) == [] and len(idx) == 0 and idx.next_due(0) is None
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcdef"), st.one_of(st.none(), st.integers(0, 50))), max_size=200))
+def test_pops_equal_the_latest_deadline_of_each_customer(sets: list[tuple[str, int | None]]) -> None:
+    """Whatever the sets (and however many stale entries the heap compacts), a
+    pop returns exactly the customers whose latest deadline is due."""
+    idx = index()
+    latest: dict[str, int | None] = {}
+    for customer, deadline in sets:
+        idx.set(0, customer, deadline)
+        latest[customer] = deadline
+    due = sorted(c for c, d in latest.items() if d is not None and d <= 25)
+    assert sorted(idx.pop_due(0, 25)) == due
+    assert len(idx) == sum(1 for d in latest.values() if d is not None and d > 25)
