@@ -25,9 +25,19 @@ if (($#)); then
     "$bin/pytest" "$@"  # what was asked, as asked
     exit
 fi
-# Everything that leaves the shared stack alone, on both cores (each
-# integration test has its own topics, group and data directory); then, one at
-# a time, the tests that stop or hang Kafka or Redis under everyone's feet.
-"$bin/pytest" -n 2 --dist loadfile -m "not stack_fault" -p no:cacheprovider --durations=10 || status=$?
+# The integration tests that leave the shared stack alone, on both cores
+# (each has its own topics, group and data directory). Then the tests that
+# stop or hang Kafka or Redis under everyone's feet, one at a time, while the
+# tests that need no stack (CPU, no broker) run beside them: the fault tests
+# spend most of their time waiting for a broker or a worker to come back.
+"$bin/pytest" -n 2 --dist load -m "integration and not stack_fault" -p no:cacheprovider --durations=10 \
+    || status=$?
+unit_log="$(mktemp -t journey-unit-XXXX.log)"
+"$bin/pytest" -m "not integration" -p no:cacheprovider --durations=5 >"$unit_log" 2>&1 &
+unit=$!
 "$bin/pytest" -m stack_fault -p no:cacheprovider --durations=10 || status=$?
+wait "$unit" || status=$?
+echo "--- the tests that need no stack (run beside the stack_fault tests):"
+cat "$unit_log"
+rm -f "$unit_log"
 exit "${status:-0}"
