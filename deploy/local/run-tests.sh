@@ -25,13 +25,12 @@ if (($#)); then
     "$bin/pytest" "$@"  # what was asked, as asked
     exit
 fi
-# The integration tests that leave the shared stack alone, on both cores
-# (each has its own topics, group and data directory). Then the tests that
-# stop or hang Kafka or Redis under everyone's feet, one at a time, while the
-# tests that need no stack (CPU, no broker) run beside them: the fault tests
-# spend most of their time waiting for a broker or a worker to come back.
-"$bin/pytest" -n 2 --dist load -m "integration and not stack_fault" -p no:cacheprovider --durations=10 \
-    || status=$?
+# First the tests that stop or hang Kafka or Redis under everyone's feet, one
+# at a time, while the tests that need no stack (CPU, no broker) run beside
+# them: the fault tests spend most of their time waiting for a broker or a
+# worker to come back, and a broker restarts fastest while it holds few
+# topics. Then the integration tests that leave the shared stack alone, on
+# both cores (each has its own topics, group and data directory).
 unit_log="$(mktemp -t journey-unit-XXXX.log)"
 "$bin/pytest" -m "not integration" -p no:cacheprovider --durations=5 >"$unit_log" 2>&1 &
 unit=$!
@@ -40,4 +39,6 @@ wait "$unit" || status=$?
 echo "--- the tests that need no stack (run beside the stack_fault tests):"
 cat "$unit_log"
 rm -f "$unit_log"
+"$bin/pytest" -n 2 --dist load -m "integration and not stack_fault" -p no:cacheprovider --durations=10 \
+    || status=$?
 exit "${status:-0}"
