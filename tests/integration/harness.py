@@ -59,7 +59,9 @@ def make_settings(tmp_path: Path, **over: Any) -> Settings:
         "view_prefix": f"it-{run}:view:",
         "partitions": 4,
         "data_dir": tmp_path / "data",
-        "session_timeout_s": 10.0,
+        # The broker's least (group.min.session.timeout.ms): a killed worker's
+        # partitions move on after 6 s, not 10.
+        "session_timeout_s": 6.0,
         "heartbeat_interval_s": 1.0,
         "log_level": "INFO",
     }
