@@ -29,8 +29,9 @@ fi
 # at a time, while the tests that need no stack (CPU, no broker) run beside
 # them: the fault tests spend most of their time waiting for a broker or a
 # worker to come back, and a broker restarts fastest while it holds few
-# topics. Then the integration tests that leave the shared stack alone, on
-# both cores (each has its own topics, group and data directory).
+# topics. Then the integration tests that leave the shared stack alone, three
+# at a time on the two cores (each has its own topics, group and data
+# directory, and most of their time is spent waiting on a broker or a worker).
 unit_log="$(mktemp -t journey-unit-XXXX.log)"
 "$bin/pytest" -m "not integration" -p no:cacheprovider --durations=5 >"$unit_log" 2>&1 &
 unit=$!
@@ -39,6 +40,6 @@ wait "$unit" || status=$?
 echo "--- the tests that need no stack (run beside the stack_fault tests):"
 cat "$unit_log"
 rm -f "$unit_log"
-"$bin/pytest" -n 2 --dist load -m "integration and not stack_fault" -p no:cacheprovider --durations=10 \
+"$bin/pytest" -n 3 --dist load -m "integration and not stack_fault" -p no:cacheprovider --durations=10 \
     || status=$?
 exit "${status:-0}"
