@@ -29,6 +29,9 @@ _SLACK = 1024
 class _Partition:
     heap: list[tuple[int, str]] = field(default_factory=list)
     due: dict[str, int] = field(default_factory=dict)
+    # Loaded in bulk since the heap was last built: the heap is rebuilt from
+    # ``due`` once, when it is first read (one heapify, not a push per customer).
+    stale: bool = False
 
     def set(self, customer: str, deadline: int | None) -> None:
         if deadline is None:
@@ -37,13 +40,31 @@ class _Partition:
         if self.due.get(customer) == deadline:
             return
         self.due[customer] = deadline
+        if self.stale:
+            return
         heapq.heappush(self.heap, (deadline, customer))
         if len(self.heap) > 2 * len(self.due) + _SLACK:
-            self.heap = [(d, c) for c, d in self.due.items()]
-            heapq.heapify(self.heap)
+            self.rebuild()
+
+    def load(self, pairs: Iterable[tuple[str, int | None]]) -> None:
+        due = self.due
+        for customer, deadline in pairs:
+            if deadline is not None:
+                due[customer] = deadline
+        self.stale = True
+
+    def rebuild(self) -> None:
+        self.heap = [(d, c) for c, d in self.due.items()]
+        heapq.heapify(self.heap)
+        self.stale = False
+
+    def top(self) -> list[tuple[int, str]]:
+        if self.stale:
+            self.rebuild()
+        return self.heap
 
     def pop_due(self, now: int, limit: int) -> list[str]:
-        heap, due = self.heap, self.due
+        heap, due = self.top(), self.due
         out: list[str] = []
         while heap and heap[0][0] <= now and len(out) < limit:
             deadline, customer = heapq.heappop(heap)
@@ -80,20 +101,21 @@ class DeadlineIndex(PartitionListener):
 
     def next_due(self, partition: int) -> int | None:
         part = self._parts.get(partition)
-        while part is not None and part.heap:
-            deadline, customer = part.heap[0]
+        if part is None:
+            return None
+        heap = part.top()
+        while heap:
+            deadline, customer = heap[0]
             if part.due.get(customer) == deadline:
                 return deadline
-            heapq.heappop(part.heap)
+            heapq.heappop(heap)
         return None
 
     def load(self, partition: int, pairs: Iterable[tuple[str, int | None]]) -> None:
         """Add (customer, deadline) pairs to a partition being loaded."""
         part = self._parts.get(partition)
-        if part is None:
-            return
-        for customer, deadline in pairs:
-            part.set(customer, deadline)
+        if part is not None:
+            part.load(pairs)
 
     # PartitionListener
     def on_partition_recovered(self, partition: int) -> None:
