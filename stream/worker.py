@@ -39,6 +39,7 @@ from agents.touchpoints import TouchpointsAgent, exit_on_failure
 from models.effects import deadline_of
 from models.journey_map import JourneyMap, load_map
 from models.state import CustomerState
+from stream import http
 from stream.engine.batching import NewBatches, PartitionBatches
 from stream.engine.codec import decode_stored
 from stream.engine.deadlines import DeadlineIndex
@@ -285,8 +286,6 @@ def build_worker(
         }
 
     # 7. The HTTP API.
-    from stream import http
-
     http.register(worker)
     return worker
 
