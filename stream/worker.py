@@ -67,8 +67,7 @@ class Worker:
     settings: Settings
     journey_map: JourneyMap
     app: faust.App
-    table: Any  # the Faust table of bytes -> bytes (stream.engine.codec values)
-    store: TableStore
+    store: TableStore  # the customers table's store (bytes -> stream.engine.codec values)
     registry: CollectorRegistry
     metrics: TrackerMetrics
     lifecycle: PartitionLifecycle
@@ -260,7 +259,6 @@ def build_worker(
         settings,
         jmap,
         app,
-        table,
         store,
         registry,
         metrics,

@@ -112,7 +112,7 @@ def worker() -> None:
     from stream.tools.kafka import ensure_topics, tracker_topics
 
     try:
-        load_map(settings.map_path)
+        jmap = load_map(settings.map_path)
         ensure_topics(settings, tracker_topics(settings))
     except JourneyError as exc:
         _fail(str(exc))
@@ -121,7 +121,7 @@ def worker() -> None:
     from stream.faust.app import bounded_worker
     from stream.worker import build_worker, tune_gc
 
-    worker = build_worker(settings)
+    worker = build_worker(settings, jmap)
     tune_gc(settings.gc_threshold)
     runner = bounded_worker(
         worker.app,
