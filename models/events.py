@@ -17,9 +17,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import msgspec
 import orjson
 
-from models.frozen import fast_init
 from models.journey_map import JourneyMap
 from models.timeutil import MAX_MS, MIN_MS, in_range, iso_to_ms, ms_to_iso
 
@@ -57,9 +57,7 @@ MAX_DEPTH: Final = 32
 _REQUIRED: Final = ("event_id", "customer_id", "type", "channel", "timestamp")
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Touchpoint:
+class Touchpoint(msgspec.Struct, frozen=True, gc=False):
     """One valid touchpoint. ``ts`` is event time in epoch milliseconds."""
 
     event_id: str

@@ -37,7 +37,7 @@ from models.effects import Extras, deliver, on_clock, on_event
 from models.events import Clock, Delivery, Erase, Touchpoint
 from models.journey_map import JourneyMap
 from models.outputs import Erased, Output
-from models.state import DEDUP_WINDOW, CustomerState, Transition
+from models.state import CustomerState, Transition, id_digest, window_add, window_has
 
 Item = Touchpoint | Clock | Erase | Delivery
 CLOCK_CHANNEL = "clock"  # the channel of a transition a clock reading caused
@@ -57,17 +57,13 @@ class CustomerFold:
     erased: bool = False  # an erasure removed the state folded from (a tombstone is due)
 
 
-# Id look-ups a working state answers by scanning its list before it builds a set.
-_LIST_LOOKUPS = 4
-
-
 class _Working:
     """A customer's state while a run of their events is folded: mutable, frozen once at the end.
 
-    A run copies the stored state once on the way in (the recent ids, the
-    counts), mutates, and freezes once on the way out, instead of building
-    a new frozen state per event. ``recent`` keeps the de-duplication
-    window's order and ``seen`` the same ids for the look-up.
+    A run copies the stored state once on the way in (the counts),
+    mutates, and freezes once on the way out, instead of building a new
+    frozen state per event. ``recent`` is the de-duplication window, the
+    digests of the recent ids in one ``bytes`` value (``models.state``).
     """
 
     __slots__ = (
@@ -77,9 +73,7 @@ class _Working:
         "first_touch_at",
         "first_touch_channel",
         "last_event_at",
-        "lookups",
         "recent",
-        "seen",
         "stage",
         "stage_entered_at",
         "stages",
@@ -96,9 +90,7 @@ class _Working:
         self.last_event_at = state.last_event_at
         self.events = state.events
         self.type_counts = dict(state.type_counts)
-        self.recent = list(state.recent_ids)
-        self.seen: set[str] | None = None
-        self.lookups = 0
+        self.recent = state.recent
         self.extras = Extras(state.stall, state.drift, state.nudges, outputs)
 
     @classmethod
@@ -109,8 +101,7 @@ class _Working:
         w.customer_id = ev.customer_id
         w.stage, w.stage_entered_at, w.stages = None, ev.ts, {}
         w.first_touch_channel, w.first_touch_at, w.last_event_at = ev.channel, ev.ts, ev.ts
-        w.events, w.type_counts, w.recent = 1, {ev.type: 1}, [ev.event_id]
-        w.seen, w.lookups = None, 0
+        w.events, w.type_counts, w.recent = 1, {ev.type: 1}, id_digest(ev.event_id)
         w.extras = Extras(outputs=outputs)
         entry = jmap.target(None, ev.type)
         assert entry is not None  # a new customer always lands somewhere
@@ -118,14 +109,8 @@ class _Working:
         assert landed is not None
         return w, w.enter(landed.name, ev.ts, ev.event_id, ev.type, ev.channel)
 
-    def duplicate(self, event_id: str) -> bool:
-        seen = self.seen
-        if seen is None:
-            self.lookups += 1
-            if self.lookups <= _LIST_LOOKUPS:
-                return event_id in self.recent
-            seen = self.seen = set(self.recent)
-        return event_id in seen
+    def duplicate(self, digest: bytes) -> bool:
+        return window_has(self.recent, digest)
 
     def enter(self, stage: str, at: int, event_id: str, event_type: str, channel: str) -> Transition:
         """Move to ``stage`` at ``at``: the one place a transition is made."""
@@ -144,22 +129,14 @@ class _Working:
         self.stages.setdefault(stage, at)
         return t
 
-    def apply(self, jmap: JourneyMap, ev: Touchpoint) -> Transition | None:
-        """Apply one event that is not a duplicate (the caller checked)."""
+    def apply(self, jmap: JourneyMap, ev: Touchpoint, digest: bytes) -> Transition | None:
+        """Apply one event that is not a duplicate (the caller checked); ``digest`` is its id's."""
         stage = self.stage
         assert stage is not None
         counts = self.type_counts
         seen_before = counts.get(ev.type, 0)
         counts[ev.type] = seen_before + 1
-        recent = self.recent
-        recent.append(ev.event_id)
-        seen = self.seen
-        if seen is not None:
-            seen.add(ev.event_id)
-        if len(recent) > DEDUP_WINDOW:
-            gone = recent.pop(0)
-            if seen is not None:
-                seen.discard(gone)
+        self.recent = window_add(self.recent, digest)
         self.events += 1
         if ev.ts > self.last_event_at:
             self.last_event_at = ev.ts
@@ -198,7 +175,7 @@ class _Working:
             last_event_at=self.last_event_at,
             events=self.events,
             type_counts=self.type_counts,
-            recent_ids=tuple(self.recent),
+            recent=self.recent,
             stall=self.extras.stall,
             drift=self.extras.drift,
             nudges=self.extras.nudges,
@@ -251,11 +228,12 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
                 out.applied += 1
                 continue
             work = _Working(base, outputs)
-        if work.duplicate(ev.event_id):
+        digest = id_digest(ev.event_id)
+        if work.duplicate(digest):
             out.duplicates += 1
             continue
         out.applied += 1
-        t = work.apply(jmap, ev)
+        t = work.apply(jmap, ev, digest)
         if t is not None:
             transitions.append(t)
     if work is not None and (out.applied or out.changed):

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
+from msgspec.structs import replace as replace_struct
 from prometheus_client import CollectorRegistry
 
 from agents.nudges import NudgeDispatcher
@@ -139,7 +140,7 @@ def test_a_loaded_partition_gives_back_its_open_nudges_and_a_revoked_one_takes_t
     open_ref = NudgeRef("n-open", "cart_reminder", "cart", NOW - 1000, NOW + 3_600_000, False)
     closed = NudgeRef("n-done", "cart_reminder", "cart", NOW - 1000, NOW + 3_600_000, False, "converted")
     d.on_partition_recovered(3)
-    d.on_partition_loaded(3, [replace(state, nudges=(open_ref, closed))])
+    d.on_partition_loaded(3, [replace_struct(state, nudges=(open_ref, closed))])
     assert list(d.pending) == ["n-open"] and d.pending["n-open"].partition == 3
     d.on_partition_revoked(3)
     assert len(d) == 0

@@ -319,7 +319,7 @@ def forensics(
     for rec in read_topic(settings, settings.changelog_topic):
         if rec.key in keys and rec.value is not None:
             o, st = decode_stored(rec.value)
-            last = st.recent_ids[-2:]
+            last = st.recent[-16:].hex()  # the digests of the last two ids
             writes[rec.key].append(f"  cl {rec.partition}:{rec.offset} o={o} n={st.events} last={last}")
     for k in sorted(keys):
         lines.append(f" {k.decode()} events: {' '.join(events[k])}")

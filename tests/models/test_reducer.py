@@ -18,7 +18,7 @@ from models import (
 )
 from models.events import Clock, Erase
 from models.outputs import Erased, Nudge, NudgeOutcome, Recovered, StallRecord
-from models.state import DEDUP_WINDOW
+from models.state import DEDUP_WINDOW, ID_DIGEST_BYTES, id_digest, window_has
 from tests.models.strategies import MAP, T0, TYPES, journeys, touchpoints
 
 HOUR = 3_600_000
@@ -96,8 +96,21 @@ def test_dedup_window_is_bounded() -> None:
     events = [tp("page_view", i) for i in range(DEDUP_WINDOW + 10)]
     state = fold_customer(MAP, None, events).state
     assert state is not None
-    assert len(state.recent_ids) == DEDUP_WINDOW
-    assert state.recent_ids[-1] == events[-1].event_id
+    assert len(state.recent) == DEDUP_WINDOW * ID_DIGEST_BYTES
+    assert state.seen(events[-1].event_id) and state.seen(events[10].event_id)
+    assert not state.seen(events[9].event_id)  # the oldest ten left the window
+    # so a redelivery of an event that left the window applies again (README says so)
+    again = fold_customer(MAP, state, [events[0]])
+    assert again.applied == 1 and again.duplicates == 0
+
+
+def test_an_id_digest_matches_only_at_a_digest_boundary() -> None:
+    a, b = id_digest("a"), id_digest("b")
+    window = a + b
+    straddle = window[4:12]  # the end of one digest and the start of the next
+    assert window_has(window, a) and window_has(window, b)
+    assert not window_has(window, straddle)
+    assert not window_has(b"x" * 4 + window, a)  # misaligned content is never a match
 
 
 def test_the_stage_table_answers_as_the_rule_does() -> None:
