@@ -255,7 +255,10 @@ class TouchpointsAgent:
         moves: Counter[tuple[str, str]] = Counter()
         durations: dict[str, list[float]] = {}
         stalls: Counter[str] = Counter()
+        forgotten: Counter[str] = Counter()
         for u in plan.updates:
+            if u.fold.forgotten and u.before is not None:
+                forgotten[u.before.stage] += 1
             applied += u.fold.applied
             duplicates += u.fold.duplicates
             for t in u.fold.transitions:
@@ -282,6 +285,8 @@ class TouchpointsAgent:
                 observe(d)
         for stage, n in stalls.items():
             m.stalls.labels(stage).inc(n)
+        for stage, n in forgotten.items():
+            m.forgotten.labels(stage).inc(n)
         if win_backs:
             m.win_backs.inc(win_backs)
         if churn_risks:

@@ -186,7 +186,15 @@ def next_deadline(jmap: JourneyMap, stage: str, last_event_at: int, x: Extras) -
     for r in x.nudges:
         if r.outcome is None:
             due.append(r.window_end + 1)
+    if jmap.retention is not None:
+        due.append(forget_at(jmap, stage, last_event_at))
     return min(due) if due else None
+
+
+def forget_at(jmap: JourneyMap, stage: str, last_event_at: int) -> int:
+    """When the map's retention forgets a customer idle since ``last_event_at`` (the map has one)."""
+    assert jmap.retention is not None
+    return last_event_at + jmap.retention.limit_ms(jmap.stage_by_name[stage].exit)
 
 
 def on_clock(

@@ -20,6 +20,7 @@ node tree still knows its line numbers, so every problem is reported as
     events: [coupon_redeemed]     # known types that move nobody on their own
     drift: {...}                  # optional: drift scoring (models.rules.DriftRules)
     nudges: {...}                 # optional: nudge policies (models.rules.NudgeRules)
+    retention: {idle: 400d, exited: 90d}  # optional: forget idle customers (models.rules.RetentionRules)
 
 Nothing here touches Kafka, Redis or Faust.
 """
@@ -36,7 +37,7 @@ from yaml.nodes import ScalarNode
 
 from models.errors import MapError
 from models.map_reader import Reader, parse_duration
-from models.rules import DriftRules, NudgeRules, parse_drift, parse_nudges
+from models.rules import DriftRules, NudgeRules, RetentionRules, parse_drift, parse_nudges, parse_retention
 
 DEFAULT_MAP_NAME = "default_map.yaml"
 
@@ -72,6 +73,7 @@ class JourneyMap:
     extra_events: frozenset[str] = frozenset()
     drift: DriftRules | None = None
     nudges: NudgeRules = field(default_factory=NudgeRules)
+    retention: RetentionRules | None = None  # None: customers are kept however long idle
     # Derived lookups, computed once: the reducer reads them per event.
     stage_by_name: Mapping[str, Stage] = field(init=False, repr=False, compare=False)
     entry_stage: Mapping[str, Stage] = field(init=False, repr=False, compare=False)
@@ -136,7 +138,9 @@ def parse_map(text: str, source: str = "<map>") -> JourneyMap:
         raise MapError(source, line, f"not valid YAML: {problem}") from exc
     if root is None:
         raise MapError(source, None, "the map is empty")
-    top = r.mapping(root, "the map", ("name", "channels", "stages", "moves", "events", "drift", "nudges"))
+    top = r.mapping(
+        root, "the map", ("name", "channels", "stages", "moves", "events", "drift", "nudges", "retention")
+    )
     for required in ("name", "channels", "stages"):
         if required not in top:
             raise r.fail(root, f"the map needs a {required!r} key")
@@ -227,6 +231,7 @@ def parse_map(text: str, source: str = "<map>") -> JourneyMap:
         extra_events=frozenset(extra),
         drift=drift,
         nudges=nudges,
+        retention=parse_retention(r, top["retention"][1]) if "retention" in top else None,
     )
 
 

@@ -21,6 +21,10 @@ Semantics (README "Journey semantics" says the same for users):
   nudge; a :class:`~models.events.Clock` reading may open a stall, fire the
   inactivity signal, defect the customer or close a nudge window. A clock
   reading for an unknown customer changes nothing.
+* Retention (the map's ``retention`` section): a clock reading at or past a
+  customer's last event time plus the limit for their stage forgets them,
+  as an erasure does but without an erasure record: the state is gone (a
+  tombstone in the changelog) and a later event starts a new journey.
 
 The rule is written once, in :func:`fold_customer` (one customer's run of
 events, one event being a run of one). :func:`fold` is the plain fold, an
@@ -33,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from models.effects import Extras, deliver, on_clock, on_event
+from models.effects import Extras, deliver, forget_at, on_clock, on_event
 from models.events import Clock, Delivery, Erase, Touchpoint
 from models.journey_map import JourneyMap
 from models.outputs import Erased, Output
@@ -54,7 +58,8 @@ class CustomerFold:
     outputs: list[Output] = field(default_factory=list)
     clocks: int = 0  # clock readings applied
     changed: bool = False  # the state differs from the one folded from
-    erased: bool = False  # an erasure removed the state folded from (a tombstone is due)
+    erased: bool = False  # an erasure or retention removed the state folded from (a tombstone is due)
+    forgotten: bool = False  # retention forgot the customer (no erasure record)
 
 
 class _Working:
@@ -145,6 +150,11 @@ class _Working:
             return None
         return self.enter(target.name, ev.ts, ev.event_id, ev.type, ev.channel)
 
+    def expired(self, jmap: JourneyMap, now: int) -> bool:
+        """Whether the map's retention forgets this customer at the clock reading ``now``."""
+        assert self.stage is not None
+        return jmap.retention is not None and now >= forget_at(jmap, self.stage, self.last_event_at)
+
     def clock(self, jmap: JourneyMap, clock: Clock) -> Transition | None:
         """Apply a clock reading; a move it causes (inactivity) gets its id from the deadline."""
         stage = self.stage
@@ -195,6 +205,7 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
             if work is not None or base is not None:
                 outputs.append(Erased(ev.erasure_id, ev.customer_id, ev.at))
                 out.erased = out.changed = True
+                out.forgotten = False
             work = base = out.state = None
             continue
         if isinstance(ev, Delivery):
@@ -214,6 +225,10 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
                     continue  # a clock reading for nobody (an erased customer, say)
                 work = _Working(base, outputs)
             out.clocks += 1
+            if work.expired(jmap, ev.now):
+                work = base = out.state = None
+                out.erased = out.changed = out.forgotten = True
+                continue
             before = len(outputs)
             t = work.clock(jmap, ev)
             if t is not None:

@@ -310,3 +310,30 @@ def parse_nudges(r: Reader, node: Node, stages: set[str], types: set[str], chann
         cap_window_s=cap_window,
         quiet_hours=quiet,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionRules:
+    """How long an idle customer is kept: past the limit after their last
+    event, a clock reading forgets them (the table's tombstone) and a later
+    event starts a new journey. ``exited_s``: the limit in an exit stage
+    (defected), if it differs from ``idle_s``."""
+
+    idle_s: int
+    exited_s: int | None = None
+
+    def limit_ms(self, exited: bool) -> int:
+        """The idle time after which a customer (in an exit stage or not) is forgotten."""
+        if exited and self.exited_s is not None:
+            return self.exited_s * 1000
+        return self.idle_s * 1000
+
+
+def parse_retention(r: Reader, node: Node) -> RetentionRules:
+    f = r.mapping(node, "the retention section", ("idle", "exited"))
+    if "idle" not in f:
+        raise r.fail(node, "the retention section needs 'idle' (how long after the last event)")
+    return RetentionRules(
+        idle_s=r.duration(f["idle"][1], "idle"),
+        exited_s=r.duration(f["exited"][1], "exited") if "exited" in f else None,
+    )

@@ -86,6 +86,7 @@ class TrackerMetrics:
     churn_risks: Counter
     win_backs: Counter
     clock_readings: Counter
+    forgotten: Counter
     nudge_gate_up: Gauge
     outbox_spills: Counter
     view_writes: Counter
@@ -154,6 +155,12 @@ class TrackerMetrics:
             clock_readings=Counter(
                 f"{prefix}_clock_readings",
                 "Clock records sent for customers whose stall, inactivity or nudge deadline came",
+                registry=registry,
+            ),
+            forgotten=Counter(
+                f"{prefix}_customers_forgotten",
+                "Customers forgotten by the map's retention (idle past its limit), by the stage they were in",
+                ["stage"],
                 registry=registry,
             ),
             conversions=Counter(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +19,9 @@ from models import (
     fold_customer,
 )
 from models.events import Clock, Erase
+from models.journey_map import JourneyMap
 from models.outputs import Erased, Nudge, NudgeOutcome, Recovered, StallRecord
+from models.rules import RetentionRules
 from models.state import DEDUP_WINDOW, ID_DIGEST_BYTES, id_digest, window_has
 from tests.models.strategies import MAP, T0, TYPES, journeys, touchpoints
 
@@ -141,12 +145,18 @@ def test_redelivery_changes_nothing(events: list[Touchpoint]) -> None:
     assert fold(MAP, events + events[: len(events) // 2]) == expected
 
 
-@given(journeys(), st.lists(st.integers(1, 20), min_size=1, max_size=10))
+# The default map, and the same with retention short enough for the journeys' clock readings (months).
+RETAINED = replace(MAP, retention=RetentionRules(idle_s=200 * 86_400, exited_s=60 * 86_400))
+
+
+@pytest.mark.parametrize("jmap", [MAP, RETAINED], ids=["default", "retention"])
+@given(events=journeys(), sizes=st.lists(st.integers(1, 20), min_size=1, max_size=10))
 def test_any_batching_equals_the_plain_fold(
-    events: list[Touchpoint | Clock | Erase], sizes: list[int]
+    jmap: JourneyMap, events: list[Touchpoint | Clock | Erase], sizes: list[int]
 ) -> None:
     """The worker's per-batch, per-customer folding ends where the plain fold
     does, clock readings included, and says the same things on the way."""
+    MAP = jmap
     states: dict[str, CustomerState | None] = {}
     said: dict[str, list[object]] = {}
     i = 0
