@@ -22,7 +22,14 @@ With ``--quix PYTHON`` (an interpreter with Quix Streams installed, see
 same topic too, and ``worker / quix`` is printed before the ratio: the
 comparison the aim of issue 9 is stated against, measured in the same run.
 
-    .venv/bin/python bench/throughput.py [--customers 20000] [--seed 1] [--profile FILE] [--quix PYTHON]
+With ``--mix uniform`` the topic holds the effect-heavy mix instead of the
+simulator's personas (``stream.tools.simulator.uniform``: ten events per
+customer, every event type of the map equally likely, so purchases,
+complaints and defections are common and stalls, drift, nudges and
+win-backs happen all the time).
+
+    .venv/bin/python bench/throughput.py [--customers 20000] [--seed 1] [--mix personas|uniform]
+        [--profile FILE] [--quix PYTHON]
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 from bench.results import recorded  # noqa: E402
 from stream.settings import Settings  # noqa: E402
 from stream.tools.kafka import ensure_topics, group_offsets, producer, tracker_topics  # noqa: E402
-from stream.tools.simulator import generate, produce  # noqa: E402
+from stream.tools.simulator import generate, produce, uniform  # noqa: E402
 
 
 def free_port() -> int:
@@ -279,6 +286,12 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--profile", type=Path, help="sample the worker with py-spy into this file")
     parser.add_argument("--quix", metavar="PYTHON", help="an interpreter with quixstreams: run it too")
+    parser.add_argument(
+        "--mix",
+        choices=("personas", "uniform"),
+        default="personas",
+        help="the simulator's personas, or every event type equally likely (effect-heavy)",
+    )
     args = parser.parse_args()
 
     run = f"bench-{uuid.uuid4().hex[:8]}"
@@ -291,14 +304,17 @@ def main() -> None:
         partitions=args.partitions,
         data_dir=workdir / "data",
     )
-    messages = generate(args.customers, args.seed, duplicates=0.05, malformed=0.01)
+    if args.mix == "uniform":
+        messages = uniform(args.customers, args.seed)
+    else:
+        messages = generate(args.customers, args.seed, duplicates=0.05, malformed=0.01)
     ensure_topics(settings, tracker_topics(settings))
     prod = producer(settings, max_in_flight_requests_per_connection=5, linger_ms=50, batch_size=256 * 1024)
     produce(lambda k, v: prod.send(settings.touchpoints_topic, key=k, value=v), messages)
     prod.flush()
     prod.close()
     total = len(messages)
-    print(f"events: {total}  customers: {args.customers}  partitions: {args.partitions}")
+    print(f"events: {total}  customers: {args.customers}  partitions: {args.partitions}  mix: {args.mix}")
 
     bare = asyncio.run(bare_consumer(settings, total))
     print(f"bare parse-only consumer (aiokafka + orjson): {bare:,.0f} events/s")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,8 +45,9 @@ from stream.engine.batching import NewBatches, PartitionBatches
 from stream.engine.codec import decode_stored
 from stream.engine.deadlines import DeadlineIndex
 from stream.engine.lifecycle import PartitionLifecycle, PartitionListener
-from stream.engine.metrics import TrackerMetrics
+from stream.engine.metrics import RecoveryCollector, TrackerMetrics
 from stream.engine.pipeline import BatchPipeline
+from stream.engine.recovery import RecoveryProgress
 from stream.engine.stage_counts import StageCounts
 from stream.engine.state_cache import StateCache
 from stream.engine.watchdog import Watchdog
@@ -255,6 +257,16 @@ def build_worker(
 
     app.timer(settings.watchdog_interval_s, name="journey.watchdog")(watchdog_tick)
 
+    # Recovery you can watch: each second while Faust reads the changelog.
+    recovery = RecoveryProgress(settings.changelog_topic)
+    registry.register(RecoveryCollector(recovery))
+
+    async def recovery_tick() -> None:
+        recovery.forget(set(lifecycle.owned))
+        recovery.observe(time.monotonic(), faust_app.recovery_positions(app, settings.changelog_topic))
+
+    app.timer(1.0, name="journey.recovery")(recovery_tick)
+
     worker = Worker(
         settings,
         jmap,
@@ -270,6 +282,7 @@ def build_worker(
         view,
         batches,
     )
+    worker.health["recovery"] = recovery.to_dict
     worker.health["nudges"] = lambda: {
         "redis": "up" if nudges.gate_up else "down",
         "waiting": len(nudges),

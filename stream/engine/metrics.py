@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from models.events import REASONS
 from models.journey_map import JourneyMap
 from stream.engine.lifecycle import PartitionLifecycle
+from stream.engine.recovery import RecoveryProgress
 
 OUTCOMES = ("applied", "duplicate", "rejected", "replayed", "moved")
 PROBLEMS = ("stalled", "commit_stalled")
@@ -69,6 +70,24 @@ class PartitionCollector(Collector):
             commit_lag.add_metric([str(p)], pr.commit_lag)
         yield lag
         yield commit_lag
+
+
+class RecoveryCollector(Collector):
+    """The changelog records each partition being recovered has left, read at scrape time."""
+
+    def __init__(self, recovery: RecoveryProgress, prefix: str = "journey") -> None:
+        self._recovery = recovery
+        self._prefix = prefix
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        left = GaugeMetricFamily(
+            f"{self._prefix}_recovery_records_left",
+            "Changelog records a partition being recovered has still to read (none once recovered)",
+            labels=["partition"],
+        )
+        for p, n in sorted(self._recovery.left().items()):
+            left.add_metric([str(p)], n)
+        yield left
 
 
 @dataclass(frozen=True)

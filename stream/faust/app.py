@@ -55,6 +55,20 @@ def create_app(settings: Settings) -> faust.App:
     )
 
 
+def recovery_positions(app: faust.App, changelog_topic: str) -> dict[int, tuple[int, int]]:
+    """(offset applied, last offset) of each partition of ``changelog_topic``
+    that Faust's recovery is reading for an active assignment; empty when no
+    recovery runs. Read from ``Recovery.active_stats()`` (faust 0.15)."""
+    recovery = app.tables.recovery  # type: ignore[attr-defined]  # the TableManager has it; its type does not say so
+    if not recovery.in_recovery:
+        return {}
+    return {
+        tp.partition: (stats.offset, stats.highwater)
+        for tp, stats in recovery.active_stats().items()
+        if tp.topic == changelog_topic and stats.remaining > 0
+    }
+
+
 def active_partitions(app: faust.App, topic: str) -> list[int]:
     """Partitions of ``topic`` this worker actively owns (not standby)."""
     return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)

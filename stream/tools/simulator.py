@@ -216,6 +216,40 @@ def generate(
     return out
 
 
+def uniform(
+    customers: int,
+    seed: int,
+    *,
+    events: int = 10,
+    now_ms: int | None = None,
+    span_days: float = 14.0,
+) -> list[SimMessage]:
+    """The effect-heavy mix: ``events`` per customer on average, each of the
+    map's event types (and channels) equally likely, so about one event in
+    nine or so is a purchase, a complaint, an unsubscribe or a closed account:
+    loyalty, drift, defection, win-backs and nudges all happen often. In
+    production order (event time), as :func:`generate` gives."""
+    from models.journey_map import load_map
+
+    jmap = load_map()
+    types, channels = sorted(jmap.event_types), sorted(jmap.channels)
+    rng = random.Random(seed)
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    timed: list[tuple[int, int, SimMessage]] = []
+    for i in range(customers * events):
+        c = rng.randrange(customers)
+        cid = f"uni-{seed}-{c:06d}"
+        ts = now - int(rng.uniform(0, span_days) * DAY_MS)
+        etype = rng.choice(types)
+        props: dict[str, object] | None = None
+        if etype == "purchase":
+            props = {"order_value": round(rng.uniform(5, 400), 2)}
+        value = _event(f"{cid}-u{i}", cid, etype, rng.choice(channels), ts, props)
+        timed.append((ts, i, SimMessage(cid.encode(), value)))
+    timed.sort(key=lambda t: (t[0], t[1]))
+    return [m for _, _, m in timed]
+
+
 def produce(
     send: Callable[[bytes | None, bytes], object],
     messages: Iterable[SimMessage],
