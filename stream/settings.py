@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".journey-data"), description="Where a worker keeps RocksDB tables")
     partitions: int = Field(8, ge=1, le=1024, description="Partitions of the touchpoints topic and table")
     replication_factor: int = Field(1, ge=1, description="Replication of the topics the tracker creates")
+    standby_replicas: int = Field(
+        1,
+        ge=0,
+        description="Standby copies of each table partition kept by other workers of the group (Faust's "
+        "table_standby_replicas): a worker that takes a partition over reads only the changelog's tail",
+    )
     processing_guarantee: Literal["at_least_once"] = Field(
         "at_least_once",
         description="at_least_once with idempotent state; Faust's exactly_once is not supported",

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -257,15 +256,10 @@ def build_worker(
 
     app.timer(settings.watchdog_interval_s, name="journey.watchdog")(watchdog_tick)
 
-    # Recovery you can watch: each second while Faust reads the changelog.
+    # Recovery you can watch: where each partition's changelog recovery began, how far it is.
     recovery = RecoveryProgress(settings.changelog_topic)
     registry.register(RecoveryCollector(recovery))
-
-    async def recovery_tick() -> None:
-        recovery.forget(set(lifecycle.owned))
-        recovery.observe(time.monotonic(), faust_app.recovery_positions(app, settings.changelog_topic))
-
-    app.timer(1.0, name="journey.recovery")(recovery_tick)
+    faust_app.watch_recovery(app, table, settings.changelog_topic, recovery)
 
     worker = Worker(
         settings,

@@ -2,13 +2,16 @@
 left, the rate and an estimate of the time left.
 
 A worker that owns a partition first reads the table's changelog for it
-(Faust's recovery) before it serves. :class:`RecoveryProgress` is fed the
-positions of the partitions being recovered (``stream.faust.app.recovery_positions``:
-the offset applied and the last offset of the log) every watchdog tick, and
-turns them into figures for ``/health``, a gauge and a log line. No Faust
-here. A worker restarted on its own RocksDB directory reads only the tail
-past the offsets it stored; ``done`` then counts that tail, ``start`` says
-where it began.
+(Faust's recovery) before it serves. :class:`RecoveryProgress` hears when a
+partition is assigned (:meth:`begin`, with the changelog offset its local
+store already holds), is fed the positions of the partitions being
+recovered every second (:meth:`observe`: the offset applied and the last
+offset of the log, ``stream.faust.app.recovery_positions``), and hears
+when the recovery is done (:meth:`finish`), and turns that into figures for
+``/health``, a gauge and log lines. No Faust here. A worker restarted on its
+own RocksDB directory, or promoted from a standby replica, reads only the
+tail past the offset it stored: ``start`` says where it began, ``done``
+counts the tail.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ class _Partition:
     started_at: float
     offset: int
     last: int  # the last offset of the changelog partition (-1: empty)
-    samples: deque[tuple[float, int]] = field(default_factory=deque)
+    samples: deque[tuple[float, int]] = field(default_factory=deque)  # (time, offset), the recent ones
     finished_at: float | None = None
 
     @property
@@ -49,16 +52,20 @@ class _Partition:
 
 
 class RecoveryProgress:
-    """The changelog recovery of each partition, as the watchdog last saw it."""
+    """The changelog recovery of each partition, as the worker last saw it."""
 
     def __init__(self, changelog_topic: str) -> None:
         self.topic = changelog_topic
         self._parts: dict[int, _Partition] = {}
         self._logged_at = 0.0
 
+    def begin(self, now: float, partition: int, offset: int) -> None:
+        """``partition`` was assigned; its local store holds the changelog up to
+        ``offset`` (-1: nothing)."""
+        self._parts[partition] = _Partition(offset, now, offset, offset, deque([(now, offset)]))
+
     def observe(self, now: float, positions: Mapping[int, tuple[int, int]]) -> None:
-        """``positions``: partition -> (offset applied, last offset) of those being
-        recovered now; a partition no longer among them has finished."""
+        """``positions``: partition -> (offset applied, last offset) of those being recovered now."""
         parts = self._parts
         for p, (offset, last) in positions.items():
             part = parts.get(p)
@@ -68,21 +75,28 @@ class RecoveryProgress:
             part.samples.append((now, offset))
             while len(part.samples) > 2 and now - part.samples[0][0] > RATE_WINDOW_S:
                 part.samples.popleft()
-        for p, part in parts.items():
-            if p not in positions and part.finished_at is None:
-                part.finished_at = now
-                part.offset = max(part.offset, part.last)
-                log.info(
-                    "recovered %s[%d]: %d records in %.1f s",
-                    self.topic,
-                    p,
-                    part.offset - part.start,
-                    now - part.started_at,
-                )
         if positions and now - self._logged_at >= LOG_EVERY_S:
             self._logged_at = now
             for p in sorted(positions):
                 log.info("recovering %s[%d]: %s", self.topic, p, self.describe(p))
+
+    def finish(self, now: float, partition: int, offset: int | None) -> None:
+        """The recovery of ``partition`` is done, at changelog ``offset`` (None: as last seen)."""
+        part = self._parts.get(partition)
+        if part is None or part.finished_at is not None:
+            return
+        if offset is not None:
+            part.offset = max(part.offset, offset)
+        part.last = max(part.last, part.offset)
+        part.finished_at = now
+        log.info(
+            "recovered %s[%d]: %d records from offset %d in %.1f s",
+            self.topic,
+            partition,
+            part.offset - part.start,
+            part.start + 1,
+            now - part.started_at,
+        )
 
     def forget(self, partitions: set[int]) -> None:
         """Drop what is known of partitions no longer owned."""
@@ -109,9 +123,7 @@ class RecoveryProgress:
             "left": part.left,
             "rate_per_s": None if rate is None else round(rate, 1),
             "eta_s": None if not rate or part.finished_at is not None else round(part.left / rate, 1),
-            "seconds": round((part.finished_at or part.samples[-1][0]) - part.started_at, 3)
-            if part.samples
-            else 0.0,
+            "seconds": round((part.finished_at or part.samples[-1][0]) - part.started_at, 3),
         }
 
     def describe(self, p: int) -> str:

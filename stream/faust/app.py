@@ -13,15 +13,21 @@ table keys identical before and after a changelog recovery.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
+from faust.types import TP
 
+from stream.engine.recovery import RecoveryProgress
 from stream.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -34,6 +40,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_disable_leader=True,
+        table_standby_replicas=settings.standby_replicas,
         processing_guarantee=settings.processing_guarantee,
         key_serializer="raw",
         value_serializer="raw",
@@ -67,6 +74,52 @@ def recovery_positions(app: faust.App, changelog_topic: str) -> dict[int, tuple[
         for tp, stats in recovery.active_stats().items()
         if tp.topic == changelog_topic and stats.remaining > 0
     }
+
+
+def watch_recovery(
+    app: faust.App,
+    table: Any,
+    changelog_topic: str,
+    recovery: RecoveryProgress,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Feed ``recovery`` from Faust: at each assignment the changelog offset
+    the table's local store holds per active partition (its persisted offset,
+    -1 for none), every second the positions of a running recovery, and at
+    the rebalance's end the offset each recovery reached."""
+
+    def actives() -> list[int]:
+        return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog_topic)
+
+    # Only watching: whatever goes wrong here is logged and never stops the worker.
+    async def assigned(app: faust.App, *args: Any, **kwargs: Any) -> None:
+        try:
+            now = clock()
+            for p in actives():
+                held = table.data.persisted_offset(TP(changelog_topic, p))
+                recovery.begin(now, p, -1 if held is None else held)
+        except Exception:
+            log.exception("recovery progress: could not read the stored changelog offsets")
+
+    async def done(app: faust.App, *args: Any, **kwargs: Any) -> None:
+        try:
+            now = clock()
+            offsets = app.tables.recovery.active_offsets  # type: ignore[attr-defined]
+            for p in actives():
+                recovery.finish(now, p, offsets.get(TP(changelog_topic, p)))
+        except Exception:
+            log.exception("recovery progress: could not read the recovered offsets")
+
+    async def tick() -> None:
+        try:
+            recovery.forget(set(actives()))
+            recovery.observe(clock(), recovery_positions(app, changelog_topic))
+        except Exception:
+            log.exception("recovery progress: could not read the recovery's positions")
+
+    app.on_partitions_assigned.connect(assigned)  # type: ignore[arg-type]
+    app.on_rebalance_complete.connect(done)  # type: ignore[arg-type]
+    app.timer(1.0, name="journey.recovery")(tick)
 
 
 def active_partitions(app: faust.App, topic: str) -> list[int]:
