@@ -1,6 +1,7 @@
 """Stall detection at scale, in memory: 1,000,000 customers held, 10,000 due at once.
 
-What a worker does per tick, without Kafka: pop the due customers from the
+What a worker does per tick, without Kafka: the deadline index's memory per
+customer (tracemalloc, against the dict and heap of tuples it replaced), pop the due customers from the
 deadline index (``stream.engine.deadlines``), apply a clock reading to each through
 the worker's own batch path (``agents.plan.plan_batch`` over clock records:
 load, ``fold_batch``, the stall record and nudge decided) and encode the new
@@ -15,8 +16,10 @@ pairs. Kafka adds one produce of the clock records and one fetch of them
 from __future__ import annotations
 
 import argparse
+import heapq
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,14 +81,44 @@ def main() -> None:
         decoded.append(state)
     print(f"scan of {len(table):,} stored values (decode + next deadline): {time.perf_counter() - t0:.1f} s")
 
+    # The index's memory per customer, and that of the dict and heap of tuples it used to be.
+    tracemalloc.start()
     index = DeadlineIndex(lambda state: deadline_of(jmap, state))
     t0 = time.perf_counter()
     for p in range(args.partitions):
         index.on_partition_recovered(p)
         index.load(p, pairs[p])
+        index.next_due(p)  # the run is built at the first read
     rebuild_s = time.perf_counter() - t0
-    print(f"index loaded with {len(index):,} (customer, deadline) pairs in {rebuild_s:.2f} s")
-    print("  (its heap is built at the first pop, counted with the 10,000 due below)")
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    n = len(index)
+    print(f"index loaded with {n:,} (customer, deadline) pairs, built in {rebuild_s:.2f} s under tracemalloc")
+    again = DeadlineIndex(lambda state: deadline_of(jmap, state))
+    t0 = time.perf_counter()
+    for p in range(args.partitions):
+        again.on_partition_recovered(p)
+        again.load(p, pairs[p])
+        again.next_due(p)
+    print(f"  and in {time.perf_counter() - t0:.2f} s without it")
+    del again
+    print(
+        f"deadline index memory: {held / 1e6:.1f} MB held ({held / n:.0f} bytes per customer, "
+        f"{held / n:.0f} MB per million customers), {peak / 1e6:.0f} MB at the peak of the build"
+    )
+    tracemalloc.start()
+    old: list[tuple[dict[str, int], list[tuple[int, str]]]] = []
+    for p in range(args.partitions):
+        # the ids copied, as the index held its own strings (a scan's states are let go)
+        due_map = {(c + ".")[:-1]: d for c, d in pairs[p] if d is not None}
+        heap = [(d, c) for c, d in due_map.items()]
+        heapq.heapify(heap)
+        old.append((due_map, heap))
+    old_held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del old
+    print(f"  as a dict and a heap of tuples (before 2026-12-03): {old_held / n:.0f} bytes per customer")
+    print(f"index_bytes_per_customer: {held / n:.1f}")
 
     # The tick with 10,000 due: pop, clock records through the batch path, encode.
     t0 = tick_start = time.perf_counter()

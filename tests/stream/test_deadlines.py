@@ -10,6 +10,9 @@ from hypothesis import strategies as st
 from models import Touchpoint, fold, load_map
 from models.effects import deadline_of
 from models.state import CustomerState
+import pytest
+
+from stream.engine import deadlines
 from stream.engine.deadlines import DeadlineIndex
 
 MAP = load_map()
@@ -68,8 +71,9 @@ def test_pops_equal_the_latest_deadline_of_each_customer(sets: list[tuple[str, i
     idx = index()
     latest: dict[str, int | None] = {}
     half = len(sets) // 2
-    idx.load(0, sets[:half])  # the scan's bulk load: the heap is built once, when first read
-    for customer, deadline in sets[:half]:
+    scanned = dict(sets[:half])  # the store's keys: each customer once
+    idx.load(0, scanned.items())  # the scan's bulk load: the run is built once, when first read
+    for customer, deadline in scanned.items():
         if deadline is not None:
             latest[customer] = deadline
     for customer, deadline in sets[half:]:
@@ -78,3 +82,54 @@ def test_pops_equal_the_latest_deadline_of_each_customer(sets: list[tuple[str, i
     due = sorted(c for c, d in latest.items() if d is not None and d <= 25)
     assert sorted(idx.pop_due(0, 25)) == due
     assert len(idx) == sum(1 for d in latest.values() if d is not None and d > 25)
+
+
+@pytest.mark.parametrize("merge_at", [2, 10**9], ids=["merging", "not merging"])
+@pytest.mark.parametrize("colliding", [False, True], ids=["hashes", "every hash equal"])
+@given(
+    scanned=st.dictionaries(st.sampled_from("abcdefghé"), st.one_of(st.none(), st.integers(0, 50))),
+    sets=st.lists(st.tuples(st.sampled_from("abcdefghé"), st.one_of(st.none(), st.integers(0, 50)))),
+    ticks=st.lists(st.integers(0, 60), max_size=5),
+)
+def test_every_customer_counts_once_and_comes_out_at_its_latest_deadline(
+    merge_at: int,
+    colliding: bool,
+    scanned: dict[str, int | None],
+    sets: list[tuple[str, int | None]],
+    ticks: list[int],
+) -> None:
+    """The loaded run and the active part together act as one map of latest
+    deadlines: through sets, merges and pops, whatever the hashes do."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(deadlines, "MERGE_AT", merge_at)
+        if colliding:
+            mp.setattr(deadlines, "_hash", lambda customer: 7)
+        idx = index()
+        idx.load(0, scanned.items())
+        latest = {c: d for c, d in scanned.items() if d is not None}
+        for i, (customer, deadline) in enumerate(sets):
+            idx.set(0, customer, deadline)
+            if deadline is None:
+                latest.pop(customer, None)
+            else:
+                latest[customer] = deadline
+            if ticks and i % 3 == 0:
+                now = ticks[(i // 3) % len(ticks)]
+                want = sorted(c for c, d in latest.items() if d <= now)
+                assert sorted(idx.pop_due(0, now)) == want
+                for c in want:
+                    del latest[c]
+            assert len(idx) == len(latest)
+            assert idx.next_due(0) == (min(latest.values()) if latest else None)
+        assert sorted(idx.pop_due(0, 10**6)) == sorted(latest)
+
+
+def test_a_million_loaded_customers_fit_in_a_few_tens_of_megabytes() -> None:
+    idx = index()
+    n = 100_000
+    idx.load(0, ((f"cust-1-{i:06d}", T0 + (i * 7919) % n * 1000) for i in range(n)))
+    per_customer = idx.run_bytes() / n
+    assert per_customer < 50  # 8 + 4 + 8 + 4 + 1 bytes and the id's 13
+    due = sorted(f"cust-1-{i:06d}" for i in range(n) if (i * 7919) % n <= 2)
+    assert sorted(idx.pop_due(0, T0 + 2000)) == due and len(due) == 3
+    assert len(idx) == n - 3
