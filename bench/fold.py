@@ -9,7 +9,10 @@ every state from the store, once through the worker's decoded-state cache
 (``stream.engine.state_cache``). Prints the parse rate alone, both, and last
 ``events_per_s: X`` (with the cache, as the worker runs). Not a test.
 
-    .venv/bin/python bench/fold.py [--events 200000] [--customers 20000] [--batch 1000]
+``--mix uniform``: the effect-heavy mix of ``bench/throughput.py --mix uniform``
+(every event type equally likely) instead of the simulator's personas.
+
+    .venv/bin/python bench/fold.py [--events 200000] [--customers 20000] [--batch 1000] [--mix uniform]
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from models import load_map, parse_touchpoint  # noqa: E402
 from stream.engine.partitioning import key_partition  # noqa: E402
 from stream.engine.state_cache import StateCache  # noqa: E402
 from stream.settings import Settings  # noqa: E402
-from stream.tools.simulator import generate  # noqa: E402
+from stream.tools.simulator import generate, uniform  # noqa: E402
 from stream.worker import tune_gc  # noqa: E402
 
 PARTITIONS = 8
@@ -44,13 +47,14 @@ class Rec:
         self.timestamp: int | None = None
 
 
-def records(events: int, customers: int) -> list[Rec]:
+def records(events: int, customers: int, mix: str = "personas") -> list[Rec]:
     """Simulator events for ``customers``, repeated with fresh ids up to ``events``."""
     out: list[Rec] = []
     offsets: dict[int, int] = defaultdict(int)
     seed = 1
+    batch = uniform(customers, seed=1) if mix == "uniform" else generate(customers, seed=1, duplicates=0.02)
     while len(out) < events:
-        for m in generate(customers, seed=1, duplicates=0.02):
+        for m in batch:
             if len(out) >= events:
                 break
             value = m.value.replace(b"-e", f"-r{seed}e".encode()) if seed > 1 else m.value
@@ -86,8 +90,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--mix", choices=("personas", "uniform"), default="personas")
     args = parser.parse_args()
-    recs = records(args.events, args.customers)
+    recs = records(args.events, args.customers, args.mix)
     # The GC as the worker sets it (JOURNEY_GC_THRESHOLD); the input records
     # are frozen out of it with the start-up objects, as the worker's are never held.
     tune_gc(Settings().gc_threshold)
@@ -96,7 +101,7 @@ def main() -> None:
     for r in recs:
         parse_touchpoint(r.value, jmap, key=r.key)
     parse_rate = len(recs) / (time.perf_counter() - start)
-    print(f"events: {len(recs)}  customers: {args.customers}  batch: {args.batch}")
+    print(f"events: {len(recs)}  customers: {args.customers}  batch: {args.batch}  mix: {args.mix}")
     print(f"parse_touchpoint alone: {parse_rate:,.0f} events/s")
     cold = run(recs, args.batch, 0)
     print(f"parse + decode + fold_batch + encode, every state decoded from the store: {cold:,.0f} events/s")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -277,6 +278,11 @@ def build_worker(
         batches,
     )
     worker.health["recovery"] = recovery.to_dict
+    worker.health["memory"] = lambda: {
+        "rss_bytes": resident_bytes(),
+        "deadline_index": {"customers": len(deadlines), "loaded_run_bytes": deadlines.run_bytes()},
+        "state_cache": {"entries": len(states), "limit": settings.state_cache_size},
+    }
     worker.health["nudges"] = lambda: {
         "redis": "up" if nudges.gate_up else "down",
         "waiting": len(nudges),
@@ -293,6 +299,15 @@ def build_worker(
     # 7. The HTTP API.
     http.register(worker)
     return worker
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux's /proc), or None where there is none."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def tune_gc(threshold: int) -> None:
