@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := deploy/local/stack.sh
 
-.PHONY: help venv deps stack-up stack-down demo demo-stop test unit lint bench soak dashboards clean
+.PHONY: help venv deps stack-up stack-down demo demo-stop test unit lint bench bench-scale soak dashboards clean
 
 help:
 	@echo "make demo       install, start Kafka, Redis and Prometheus, a worker and the simulator"
@@ -13,6 +13,7 @@ help:
 	@echo "make unit       tests that need no stack"
 	@echo "make lint       ruff and mypy"
 	@echo "make bench      fold speed, event-to-API latency, worker throughput vs bare consumers"
+	@echo "make bench-scale a million customers on RocksDB; one worker against two"
 	@echo "make soak       the slow fault tests: 20 join-then-leave rebalances, a 60 s broker outage"
 	@echo "make dashboards regenerate deploy/grafana/dashboards/*.json from deploy/grafana/dashboards.py"
 
@@ -54,7 +55,13 @@ bench: venv stack-up
 	$(BIN)/python bench/fold.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/stalls.py
+	$(BIN)/python bench/throughput.py --mix uniform
 	$(BIN)/python bench/throughput.py
+
+# A million customers on RocksDB, and one worker against two (tens of minutes).
+bench-scale: venv stack-up
+	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/workers.py
 
 soak: venv stack-up
 	bench/soak.sh

@@ -23,6 +23,7 @@ measures). Not a test: the figures move with the machine's load. Prints the figu
 last ``scale_ratio: X`` (rate at 1,000,000 customers / rate at 10,000).
 
     .venv/bin/python bench/scale.py [--customers 1000000] [--events 200000] [--partitions 8]
+        [--small 10000] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def mixed(customers: int, events: int, now: int, seed: int, prefix: str = "m") -
 class Worker:
     """One ``journey worker`` process on its own data directory."""
 
-    def __init__(self, settings: Settings, data_dir: Path, log: Path) -> None:
+    def __init__(self, settings: Settings, data_dir: Path, log: Path, profile: Path | None = None) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEY_")}
         env.update(settings.to_env())
@@ -132,10 +133,18 @@ class Worker:
         env["JOURNEY_DATA_DIR"] = str(data_dir)
         env["JOURNEY_LOG_LEVEL"] = "WARNING"
         journey = str(Path(sys.executable).with_name("journey"))
+        self.spy: subprocess.Popen[bytes] | None = None
         self.proc = subprocess.Popen(
             [journey, "worker"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
         )
         self.started = time.perf_counter()
+        if profile is not None:  # py-spy samples the worker until it stops (collapsed stacks)
+            spy_bin = str(Path(sys.executable).with_name("py-spy"))
+            self.spy = subprocess.Popen(
+                [spy_bin, "record", "--pid", str(self.proc.pid), "--format", "raw", "-o", str(profile)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
     def health(self) -> dict[str, Any]:
         try:
@@ -185,6 +194,9 @@ class Worker:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        if self.spy is not None:
+            self.spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            self.spy.wait(timeout=120)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -224,6 +236,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--small", type=int, default=10_000, help="customers of the comparison run")
+    ap.add_argument("--profile", type=Path, help="py-spy samples the loading worker into this file")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     now = int(time.time() * 1000)
@@ -236,7 +249,7 @@ def main() -> None:
     sent = send(settings, first_touches(args.customers, now, seed=1))
     print(f"produced {sent:,} first touches in {time.perf_counter() - t0:.0f} s")
     own = workdir / "own"
-    w = Worker(settings, own, workdir / "worker.log")
+    w = Worker(settings, own, workdir / "worker.log", args.profile)
     load_rate = w.rate_to(ends_of(settings))
     print(f"loaded through the worker at {load_rate:,.0f} events/s")
     h = w.wait(lambda h: h.get("memory", {}).get("deadline_index", {}).get("customers", 0) > 0, "indexes")
@@ -259,7 +272,7 @@ def main() -> None:
 
     sizes = [
         len(r.value)
-        for r in read_topic(settings, settings.changelog_topic)
+        for r in read_topic(settings, settings.changelog_topic, timeout_s=1200)
         if r.value and r.key and not r.key.startswith(b"__")
     ]
     print(

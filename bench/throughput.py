@@ -192,7 +192,7 @@ def processed(port: int, ends: dict[int, int]) -> float:
 
 # Where a worker's busy samples fall (py-spy leaves idle waits out). Our own
 # steps first: a stack in one of them counts there, the broker calls it
-# makes included; the rest by the first match.
+# makes included. The rest by the innermost frame that names an area.
 OURS = (
     ("plan: parse, load, fold", ("plan_batch (", "fold_batch (")),
     (
@@ -201,16 +201,20 @@ OURS = (
     ),
     ("publish: transitions, stalls, DLQ (acked)", ("publish (agents/touchpoints.py",)),
     (
-        "follow-up: deadlines, counts, nudges, view",
-        ("follow_up (", "flush (agents/nudges", "count (agents/", "StageCounts.update ("),
+        "follow-up: deadlines, counts, nudges into the outbox",
+        ("follow_up (", "count (agents/", "StageCounts.update ("),
     ),
-    ("view writer (Redis)", ("serving_view.py",)),
+    ("nudge dispatcher and gate (Redis)", ("(agents/nudges.py", "(stream/redis/gate.py")),
+    ("serving view writer (Redis)", ("(stream/redis/view.py",)),
     ("clock tick", ("tick (agents/clock.py",)),
+    ("batch pipeline and commit positions", ("(stream/engine/pipeline.py", "(stream/faust/consumer.py")),
+    ("watchdog, recovery, /health", ("(stream/engine/watchdog.py", "(stream/http/", "(stream/faust/app.py")),
 )
 REST = (
-    ("Faust fetch and drain loop", ("_drain_messages (", "_wait_next_records (")),
-    ("aiokafka: fetch, produce, commit", ("aiokafka",)),
-    ("Faust and mode services (commit, monitor, web)", ("faust/", "mode/")),
+    ("event loop waiting (select)", ("select (selectors.py",)),
+    ("Redis client", ("(redis/",)),
+    ("aiokafka: fetch, produce, commit", ("(aiokafka/",)),
+    ("Faust and mode services (commit, monitor, web)", ("(faust/", "(mode/")),
 )
 
 
@@ -222,10 +226,12 @@ def profile_areas(path: Path) -> list[tuple[str, float]]:
         stack, _, n = line.rpartition(" ")
         if not n.isdigit():
             continue
-        area = next(
-            (name for name, marks in OURS + REST if any(m in stack for m in marks)),
-            "other (event loop, logging, GC)",
-        )
+        area = next((name for name, marks in OURS if any(m in stack for m in marks)), None)
+        for frame in reversed(stack.split(";")):
+            if area is not None:
+                break
+            area = next((name for name, marks in REST if any(m in frame for m in marks)), None)
+        area = area or "other (event loop, logging, GC)"
         counts[area] = counts.get(area, 0) + int(n)
         total += int(n)
     return sorted(((a, c / total) for a, c in counts.items()), key=lambda ac: -ac[1]) if total else []
