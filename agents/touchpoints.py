@@ -280,9 +280,7 @@ class TouchpointsAgent:
             if not target.exit and target.index > by_name[frm].index:
                 m.conversions.labels(frm, to).inc(n)
         for stage, seconds in durations.items():
-            observe = m.stage_duration.labels(stage).observe
-            for d in seconds:
-                observe(d)
+            m.stage_duration.observe_many(seconds, (stage,))
         for stage, n in stalls.items():
             m.stalls.labels(stage).inc(n)
         for stage, n in forgotten.items():
@@ -295,9 +293,7 @@ class TouchpointsAgent:
             m.events_by_type.labels(etype, channel).inc(n)
         if plan.event_times:
             now_s = self.clock() / 1000
-            observe = m.event_lag.observe
-            for ts in plan.event_times:
-                observe(max(0.0, now_s - ts / 1000))
+            m.event_lag.observe_many(max(0.0, now_s - ts / 1000) for ts in plan.event_times)
         m.events.labels("applied").inc(applied)
         m.events.labels("duplicate").inc(duplicates)
 

@@ -7,13 +7,15 @@ customer id, an event id or free text.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from models.events import REASONS
 from models.journey_map import JourneyMap
@@ -72,6 +74,77 @@ class PartitionCollector(Collector):
         yield commit_lag
 
 
+class BatchHistogram(Collector):
+    """A Prometheus histogram that takes a batch's observations at once.
+
+    ``prometheus_client.Histogram.observe`` takes a lock and walks the
+    buckets in Python for every value: with one event-lag observation per
+    event it was 6% of the worker's time on the effect-heavy mix. Here a
+    batch's values are counted with one C ``bisect`` each into plain lists,
+    and a scrape renders them (the worker's web server runs on the same
+    event loop, so nothing races). The exposition is the same: cumulative
+    ``_bucket`` series with ``le``, ``_count`` and ``_sum``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        labelnames: Sequence[str] = (),
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._name, self._doc = name, documentation
+        self._bounds = tuple(float(b) for b in buckets)
+        self._le = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
+        self._labelnames = tuple(labelnames)
+        self._series: dict[tuple[str, ...], _Series] = {}
+        if registry is not None:
+            registry.register(self)
+
+    def observe_many(self, values: Iterable[float], labels: tuple[str, ...] = ()) -> None:
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = _Series([0] * (len(self._bounds) + 1))
+        counts, bounds, total = series.counts, self._bounds, 0.0
+        for v in values:
+            counts[bisect_left(bounds, v)] += 1
+            total += v
+        series.sum += total
+
+    def observe(self, value: float) -> None:
+        self.observe_many((value,))
+
+    def labels(self, *values: str) -> _Child:
+        """For one value at a time, as ``Histogram.labels(...).observe`` (tests, rare paths)."""
+        return _Child(self, tuple(values))
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
+        for labels, series in sorted(self._series.items()):
+            running, buckets = 0, []
+            for le, n in zip(self._le, series.counts, strict=True):
+                running += n
+                buckets.append((le, float(running)))
+            family.add_metric(list(labels), buckets, series.sum)
+        yield family
+
+
+@dataclass(slots=True)
+class _Series:
+    counts: list[int]
+    sum: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Child:
+    histogram: BatchHistogram
+    labels: tuple[str, ...]
+
+    def observe(self, value: float) -> None:
+        self.histogram.observe_many((value,), self.labels)
+
+
 class RecoveryCollector(Collector):
     """The changelog records each partition being recovered has left, read at scrape time."""
 
@@ -112,8 +185,8 @@ class TrackerMetrics:
     view_pending: Gauge
     view_up: Gauge
     conversions: Counter
-    stage_duration: Histogram
-    event_lag: Histogram
+    stage_duration: BatchHistogram
+    event_lag: BatchHistogram
     events_by_type: Counter
 
     @classmethod
@@ -190,17 +263,17 @@ class TrackerMetrics:
                 ["from_stage", "to_stage"],
                 registry=registry,
             ),
-            stage_duration=Histogram(
+            stage_duration=BatchHistogram(
                 f"{prefix}_stage_duration_seconds",
                 "Time spent in a stage before leaving it (event time)",
-                ["stage"],
-                buckets=STAGE_DURATION_BUCKETS,
+                STAGE_DURATION_BUCKETS,
+                ("stage",),
                 registry=registry,
             ),
-            event_lag=Histogram(
+            event_lag=BatchHistogram(
                 f"{prefix}_event_lag_seconds",
                 "Processing time minus event time of applied events",
-                buckets=EVENT_LAG_BUCKETS,
+                EVENT_LAG_BUCKETS,
                 registry=registry,
             ),
             events_by_type=Counter(

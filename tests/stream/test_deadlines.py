@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from models import Touchpoint, fold, load_map
 from models.effects import deadline_of
 from models.state import CustomerState
-import pytest
-
 from stream.engine import deadlines
 from stream.engine.deadlines import DeadlineIndex
 
