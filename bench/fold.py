@@ -6,7 +6,9 @@ Runs the worker's own per-batch path on one core: ``agents.plan.plan_batch``
 over simulator events in batches, with a dict as the table and the garbage
 collector tuned as the worker tunes it (``stream.worker.tune_gc``): once decoding
 every state from the store, once through the worker's decoded-state cache
-(``stream.engine.state_cache``). Prints the parse rate alone, both, and last
+(``stream.engine.state_cache``), and through a cache a tenth of the
+customers' size, evicting as a worker holding more customers than its
+cache does. Prints the parse rate alone, the three, and last
 ``events_per_s: X`` (with the cache, as the worker runs). Not a test.
 
 ``--mix uniform``: the effect-heavy mix of ``bench/throughput.py --mix uniform``
@@ -105,6 +107,8 @@ def main() -> None:
     print(f"parse_touchpoint alone: {parse_rate:,.0f} events/s")
     cold = run(recs, args.batch, 0)
     print(f"parse + decode + fold_batch + encode, every state decoded from the store: {cold:,.0f} events/s")
+    small = run(recs, args.batch, args.customers // 10)
+    print(f"the same with a cache of a tenth of the customers (evicting all the time): {small:,.0f} events/s")
     rate = run(recs, args.batch, args.customers)
     print(f"the same with the worker's decoded-state cache: {rate:,.0f} events/s")
     print(f"events_per_s: {rate:.0f}")

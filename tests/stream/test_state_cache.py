@@ -36,3 +36,24 @@ def test_a_held_erasure_reads_as_a_new_customer_and_revocation_drops_holds() -> 
     cache.on_partition_revoked(0)
     loaded = cache.load(0, b"a")
     assert loaded is not None and loaded[0] == 1
+
+
+def test_the_least_recently_written_entry_goes_first() -> None:
+    reads: list[bytes] = []
+
+    def read(p: int, k: bytes) -> bytes | None:
+        reads.append(k)
+        return None
+
+    cache = StateCache(read, maxsize=3)
+    for k in (b"a", b"b", b"c"):
+        cache.load(0, k)
+    cache.stored(0, b"a", (1, state("a", 1)))  # written again: now the newest
+    cache.load(0, b"d")  # evicts b, the oldest
+    assert len(cache) == 3
+    reads.clear()
+    for k in (b"a", b"c", b"d"):
+        cache.load(0, k)
+    assert reads == []  # all three still cached
+    cache.load(0, b"b")
+    assert reads == [b"b"]  # b was the one evicted
