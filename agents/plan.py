@@ -206,8 +206,13 @@ def plan_batch(
             cid = parsed.customer_id
             home = homes.get(cid)
             if home is None:
-                # parse_touchpoint checked the key equals the customer id
-                home = homes[cid] = key_partition(rec.key, partitions)
+                # A customer stored on this partition belongs here (only its
+                # home partition ever stores it): no murmur2 for them. Else
+                # the key's partition (parse_touchpoint checked the key is the id).
+                here = load(partition, rec.key)  # type: ignore[arg-type]
+                home = homes[cid] = partition if here is not None else key_partition(rec.key, partitions)
+                if home == partition:
+                    stored[cid] = here
             if home != partition:
                 if kind is None:  # an app's event, partitioned otherwise (librdkafka's CRC32, say)
                     out.moves.append(Move(rec, home))
