@@ -38,6 +38,23 @@ def send_all(settings: Settings, messages: list[SimMessage], rate: float = 0.0) 
         produce(lambda k, v: out.send(settings.touchpoints_topic, k, v), messages, rate)
 
 
+def send_until(
+    settings: Settings, messages: list[SimMessage], rate: float, head: int, go_on: threading.Event
+) -> None:
+    """``head`` messages at ``rate``, then a trickle of ten a second until ``go_on``
+    is set, then the rest at ``rate``: the stream still flows whenever the
+    test is ready for its next step, however slowly a worker starts on a loaded machine."""
+    with Sender(settings) as out:
+        start, sent_at = time.monotonic(), 0.0
+        for i, m in enumerate(messages):
+            out.send(settings.touchpoints_topic, m.key, m.value)
+            gap = 1 / rate if i < head or go_on.is_set() else 0.1
+            sent_at = max(sent_at + gap, time.monotonic() - start)
+            ahead = sent_at - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
 def wait_settled(settings: Settings, workers: list[WorkerProcess], timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     hold = settings.session_timeout_s + 3.0
@@ -171,12 +188,14 @@ def test_workers_joining_and_leaving_mid_stream_lose_nothing(
     a = WorkerProcess(settings, tmp_path / "worker-a.log").start()
     spawn.append(a)
     a.wait_ready()
-    sender = threading.Thread(target=send_all, args=(settings, messages, 1000.0))
+    joined = threading.Event()
+    sender = threading.Thread(target=send_until, args=(settings, messages, 1000.0, 2000, joined))
     sender.start()
     time.sleep(2.0)
     b = WorkerProcess(settings, tmp_path / "worker-b.log").start()  # join: A gives up partitions
     spawn.append(b)
     b.wait_ready(timeout=180)
+    joined.set()
     assert sender.is_alive(), "the stream ended before the rebalance; slow the sender down"
     a.stop()  # graceful leave while events still flow: B takes everything
     assert a.proc is not None and a.proc.returncode == 0, a.tail()
