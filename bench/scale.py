@@ -8,7 +8,9 @@ Needs the local stack (deploy/local/stack.sh up). In one run:
    and reports its rate.
 2. Reports the worker's resident memory and the memory of its indexes
    (``/health``: the deadline index's loaded run, the state cache) and the
-   stored bytes per customer (the changelog's values, read back).
+   stored bytes per customer (the changelog's values, read back); and the
+   same memory after the fresh worker's scan below, where every customer
+   comes from the store (the index's flat arrays).
 3. Stops it; starts a fresh worker on an empty directory (a full recovery
    from the changelog) and, after it, the first worker again on its own
    directory (only the changelog's tail): time to ready for each.
@@ -284,6 +286,14 @@ def main() -> None:
     fresh_s = time.perf_counter() - fresh.started
     read = sum(f["done"] for f in h.get("recovery", {}).values())
     print(f"a fresh worker (empty directory) recovered {read:,} changelog records, ready in {fresh_s:.1f} s")
+    time.sleep(2)  # a clock tick builds the deadline index's runs from the scan
+    mem = fresh.health()["memory"]
+    di = mem["deadline_index"]
+    print(
+        f"  after its scan: resident {mem['rss_bytes'] / 1e6:,.0f} MB; deadline index {di['customers']:,} "
+        f"customers, {di['loaded_run_bytes'] / 1e6:.1f} MB in runs "
+        f"({di['loaded_run_bytes'] / max(1, di['customers']):.0f} bytes per customer)"
+    )
     fresh.stop()
     send(settings, mixed(args.customers, args.events, now, seed=2))  # a backlog for the restart below
     again = Worker(settings, own, workdir / "worker-again.log")
