@@ -65,17 +65,18 @@ def decode_stored(raw: bytes) -> tuple[int, CustomerState]:
     except msgspec.DecodeError as exc:
         version = _version_of(raw)
         if version is not None and version != FORMAT_VERSION:
-            raise StoredFormatError(
-                f"stored customer value has format version {version!r}; this worker reads "
-                f"{FORMAT_VERSION} and 1 (was the table written by a newer release?)"
-            ) from exc
+            raise _unknown_version(version) from exc
         raise StoredFormatError(f"a stored customer value is not readable: {exc}") from exc
     if stored.version != FORMAT_VERSION:
-        raise StoredFormatError(
-            f"stored customer value has format version {stored.version!r}; this worker reads "
-            f"{FORMAT_VERSION} and 1 (was the table written by a newer release?)"
-        )
+        raise _unknown_version(stored.version)
     return stored.offset, stored.state
+
+
+def _unknown_version(version: object) -> StoredFormatError:
+    return StoredFormatError(
+        f"stored customer value has format version {version!r}; this worker reads "
+        f"{FORMAT_VERSION} and 1 (was the table written by a newer release?)"
+    )
 
 
 def _version_of(raw: bytes) -> object:
@@ -94,10 +95,7 @@ def _decode_v1(raw: bytes) -> tuple[int, CustomerState]:
         raise StoredFormatError(f"a stored customer value is not JSON: {exc}") from exc
     version = d.get("v", 1) if isinstance(d, dict) else None
     if version != 1:
-        raise StoredFormatError(
-            f"stored customer value has format version {version!r}; this worker reads "
-            f"{FORMAT_VERSION} and 1 (was the table written by a newer release?)"
-        )
+        raise _unknown_version(version)
     try:
         return d["o"], state_from_v1(d)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

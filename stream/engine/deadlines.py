@@ -80,9 +80,6 @@ class _Run:
         self.cursor = 0
         self.live = n
 
-    def __len__(self) -> int:
-        return len(self.deadlines)
-
     def id_at(self, pos: int) -> bytes:
         return self.arena[self.offsets[pos] : self.offsets[pos + 1]]
 

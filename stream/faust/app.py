@@ -88,14 +88,11 @@ def watch_recovery(
     -1 for none), every second the positions of a running recovery, and at
     the rebalance's end the offset each recovery reached."""
 
-    def actives() -> list[int]:
-        return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog_topic)
-
     # Only watching: whatever goes wrong here is logged and never stops the worker.
     async def assigned(app: faust.App, *args: Any, **kwargs: Any) -> None:
         try:
             now = clock()
-            for p in actives():
+            for p in active_partitions(app, changelog_topic):
                 held = table.data.persisted_offset(TP(changelog_topic, p))
                 recovery.begin(now, p, -1 if held is None else held)
         except Exception:
@@ -105,14 +102,14 @@ def watch_recovery(
         try:
             now = clock()
             offsets = app.tables.recovery.active_offsets  # type: ignore[attr-defined]
-            for p in actives():
+            for p in active_partitions(app, changelog_topic):
                 recovery.finish(now, p, offsets.get(TP(changelog_topic, p)))
         except Exception:
             log.exception("recovery progress: could not read the recovered offsets")
 
     async def tick() -> None:
         try:
-            recovery.forget(set(actives()))
+            recovery.forget(set(active_partitions(app, changelog_topic)))
             recovery.observe(clock(), recovery_positions(app, changelog_topic))
         except Exception:
             log.exception("recovery progress: could not read the recovery's positions")
