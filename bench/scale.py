@@ -60,20 +60,33 @@ from stream.tools.kafka import ensure_topics, group_offsets, producer, read_topi
 DAY_MS = 86_400_000
 
 
+def run_settings(run: str, **over: Any) -> Settings:
+    """Settings whose group, topics and Redis keys are all named after ``run``, with ``over`` on top."""
+    names: dict[str, Any] = {
+        "app_id": run,
+        "redis_prefix": f"{run}:",
+        "view_prefix": f"{run}:view:",
+        **{
+            f"{topic}_topic": f"{run}-{topic.replace('_', '-')}"
+            for topic in (
+                "touchpoints",
+                "transitions",
+                "dlq",
+                "stalls",
+                "drift",
+                "nudges",
+                "held_out",
+                "outcomes",
+                "erasures",
+            )
+        },
+    }
+    return Settings(**{**names, **over})
+
+
 def settings_for(run: str, partitions: int, workdir: Path) -> Settings:
-    return Settings(
-        app_id=run,
-        touchpoints_topic=f"{run}-touchpoints",
-        transitions_topic=f"{run}-transitions",
-        dlq_topic=f"{run}-dlq",
-        stalls_topic=f"{run}-stalls",
-        drift_topic=f"{run}-drift",
-        nudges_topic=f"{run}-nudges",
-        held_out_topic=f"{run}-held-out",
-        outcomes_topic=f"{run}-outcomes",
-        erasures_topic=f"{run}-erasures",
-        redis_prefix=f"{run}:",
-        view_prefix=f"{run}:view:",
+    return run_settings(
+        run,
         partitions=partitions,
         store="rocksdb://",
         data_dir=workdir / "data",

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.results import recorded  # noqa: E402
-from bench.scale import Worker, ends_of  # noqa: E402
+from bench.scale import Worker, ends_of, run_settings  # noqa: E402
 from stream.settings import Settings  # noqa: E402
 from stream.tools.kafka import ensure_topics, producer, tracker_topics  # noqa: E402
 from stream.tools.simulator import generate  # noqa: E402
@@ -41,21 +41,8 @@ from stream.tools.simulator import generate  # noqa: E402
 
 def group(run: str, topic_run: str, partitions: int, workdir: Path) -> Settings:
     """Settings for one consumer group on the shared touchpoints topic."""
-    return Settings(
-        app_id=run,
-        touchpoints_topic=f"{topic_run}-touchpoints",
-        transitions_topic=f"{run}-transitions",
-        dlq_topic=f"{run}-dlq",
-        stalls_topic=f"{run}-stalls",
-        drift_topic=f"{run}-drift",
-        nudges_topic=f"{run}-nudges",
-        held_out_topic=f"{run}-held-out",
-        outcomes_topic=f"{run}-outcomes",
-        erasures_topic=f"{run}-erasures",
-        redis_prefix=f"{run}:",
-        view_prefix=f"{run}:view:",
-        partitions=partitions,
-        data_dir=workdir / run,
+    return run_settings(
+        run, touchpoints_topic=f"{topic_run}-touchpoints", partitions=partitions, data_dir=workdir / run
     )
 
 
