@@ -33,10 +33,9 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
-from yaml.nodes import ScalarNode
 
 from models.errors import MapError
-from models.map_reader import Reader, parse_duration
+from models.map_reader import Reader
 from models.rules import DriftRules, NudgeRules, RetentionRules, parse_drift, parse_nudges, parse_retention
 
 DEFAULT_MAP_NAME = "default_map.yaml"
@@ -179,12 +178,7 @@ def parse_map(text: str, source: str = "<map>") -> JourneyMap:
                 entered_by[etype] = sname
                 enter_on.append(etype)
         is_exit = r.boolean(fields["exit"][1], "exit") if "exit" in fields else False
-        stall: int | None = None
-        if "stall_after" in fields:
-            vnode = fields["stall_after"][1]
-            stall = parse_duration(str(vnode.value)) if isinstance(vnode, ScalarNode) else None
-            if stall is None:
-                raise r.fail(vnode, "stall_after must be a positive duration like 90s, 15m, 1h or 14d")
+        stall = r.duration(fields["stall_after"][1], "stall_after") if "stall_after" in fields else None
         stages.append(Stage(sname, index, tuple(enter_on), is_exit, stall))
     if all(s.exit for s in stages):
         raise r.fail(top["stages"][1], "at least one stage must not be an exit stage")

@@ -19,12 +19,21 @@ _DURATION_RE = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+# The longest duration a map may state: a hundred years. Deadlines are event
+# times (before year 3000) plus durations, and the deadline index keeps them
+# as signed 64-bit integers; "99999999999999999999d" must be refused by line,
+# not overflow a clock tick.
+MAX_DURATION_S = 36_500 * 86_400
+
+
 def parse_duration(text: str) -> int | None:
-    """``"90s"``, ``"15m"``, ``"1h"``, ``"14d"`` to seconds; None if malformed or zero."""
+    """``"90s"``, ``"15m"``, ``"1h"``, ``"14d"`` to seconds; None if malformed, zero
+    or longer than :data:`MAX_DURATION_S`."""
     m = _DURATION_RE.match(text)
     if not m or int(m.group(1)) == 0:
         return None
-    return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    return seconds if seconds <= MAX_DURATION_S else None
 
 
 class Reader:
@@ -84,7 +93,9 @@ class Reader:
     def duration(self, node: Node, what: str) -> int:
         seconds = parse_duration(str(node.value)) if isinstance(node, ScalarNode) else None
         if seconds is None:
-            raise self.fail(node, f"{what} must be a positive duration like 90s, 15m, 1h or 14d")
+            raise self.fail(
+                node, f"{what} must be a positive duration like 90s, 15m, 1h or 14d, at most 36500d"
+            )
         return seconds
 
     def boolean(self, node: Node, what: str) -> bool:

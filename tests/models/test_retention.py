@@ -94,3 +94,14 @@ def test_the_section_is_read_and_checked_by_line() -> None:
         parse_map(SMALL + "retention:\n  exited: 7d\n  idle: soon\n", "m.yaml")
     with pytest.raises(MapError, match=r"m.yaml:11: .*forever"):
         parse_map(SMALL + "retention:\n  idle: 7d\n  forever: true\n", "m.yaml")
+
+
+def test_durations_past_a_hundred_years_are_refused_by_line() -> None:
+    """A deadline is an event time plus a duration and the deadline index keeps it in
+    64 bits: an absurd duration is a map error, never an overflow in a clock tick."""
+    ok = parse_map(SMALL + "retention: {idle: 36500d}\n", "m.yaml")
+    assert ok.retention == RetentionRules(36_500 * 86_400)
+    with pytest.raises(MapError, match=r"m.yaml:9: idle must be a positive duration .*at most 36500d"):
+        parse_map(SMALL + "retention: {idle: 99999999999999999999d}\n", "m.yaml")
+    with pytest.raises(MapError, match=r"m.yaml:5: stall_after must be a positive duration .*at most 36500d"):
+        parse_map(SMALL.replace("  - name: a\n", "  - name: a\n    stall_after: 36501d\n"), "m.yaml")

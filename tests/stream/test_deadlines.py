@@ -132,3 +132,14 @@ def test_a_million_loaded_customers_fit_in_a_few_tens_of_megabytes() -> None:
     due = sorted(f"cust-1-{i:06d}" for i in range(n) if (i * 7919) % n <= 2)
     assert sorted(idx.pop_due(0, T0 + 2000)) == due and len(due) == 3
     assert len(idx) == n - 3
+
+
+def test_the_latest_possible_deadline_fits_the_loaded_run() -> None:
+    """An event time just before year 3000 plus the longest duration a map may state."""
+    from models.map_reader import MAX_DURATION_S
+    from models.timeutil import MAX_MS
+
+    latest = MAX_MS - 1 + MAX_DURATION_S * 1000
+    idx = index()
+    idx.load(0, [("late", latest), ("early", 5)])
+    assert idx.next_due(0) == 5 and idx.pop_due(0, latest) == ["early", "late"]
