@@ -39,8 +39,6 @@ from models.events import (
     CLOCK_HEADER,
     DELIVERY_HEADER,
     ERASE_HEADER,
-    Clock,
-    Delivery,
     Erase,
     Rejection,
     Touchpoint,
@@ -49,9 +47,16 @@ from models.events import (
     parse_erase,
     parse_touchpoint,
 )
+from models.identity import (
+    LINK_HEADER,
+    MERGE_HEADER,
+    REKEYED_HEADER,
+    parse_link,
+    parse_merge,
+)
 from models.journey_map import JourneyMap
 from models.outputs import Nudge
-from models.reducer import CustomerFold, fold_customer
+from models.reducer import CustomerFold, Item, fold_customer
 from models.state import CustomerState
 from stream.engine.codec import encode_stored
 from stream.engine.partitioning import key_partition
@@ -83,12 +88,19 @@ class SourceRecord(Protocol):
 MOVED_HEADER = "journey-moved-from"
 
 
+INTERNAL_HEADERS = frozenset(
+    (CLOCK_HEADER, ERASE_HEADER, DELIVERY_HEADER, MOVED_HEADER, LINK_HEADER, MERGE_HEADER, REKEYED_HEADER)
+)
+
+
 def internal_kind(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
-    """CLOCK_HEADER, ERASE_HEADER or DELIVERY_HEADER for the worker's own
-    records, MOVED_HEADER for an event the worker moved, None for an app's event."""
+    """CLOCK_HEADER, ERASE_HEADER, DELIVERY_HEADER, LINK_HEADER or
+    MERGE_HEADER for the worker's own records, MOVED_HEADER or
+    REKEYED_HEADER for an event the worker moved or re-keyed, None for an
+    app's event."""
     if headers:
         for k, _ in headers:
-            if k in (CLOCK_HEADER, ERASE_HEADER, DELIVERY_HEADER, MOVED_HEADER):
+            if k in INTERNAL_HEADERS:
                 return k
     return None
 
@@ -140,6 +152,9 @@ class CustomerUpdate:
     erase_offset: int | None = None  # source offset of the batch's last erasure record for the customer
     encoded: bytes | None = None  # the changelog value, if the state changed and is kept
     deadline: int | None = None  # the next clock deadline of the new state
+    # records for other customers' owners (models.identity.Forward), as
+    # (partition, key, value, headers) for the touchpoints topic
+    forwards: list[tuple[int, bytes, bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -178,13 +193,13 @@ def plan_batch(
     later than its record's Kafka timestamp plus ``max_future_ms`` is
     refused (``in_future``)."""
     out = BatchPlan()
-    runs: dict[str, list[tuple[Touchpoint | Clock | Erase | Delivery, SourceRecord]]] = {}
+    runs: dict[str, list[tuple[Item, SourceRecord]]] = {}
     stored: dict[str, tuple[int, CustomerState] | None] = {}
     homes: dict[str, int] = {}  # customer -> the partition its key belongs on
     dead = out.dead
     for partition, recs in records.items():
         for rec in recs:
-            parsed: Touchpoint | Clock | Erase | Delivery | Rejection
+            parsed: Item | Rejection
             not_after = None
             if max_future_ms is not None and rec.timestamp is not None and rec.timestamp >= 0:
                 not_after = rec.timestamp + max_future_ms
@@ -196,6 +211,10 @@ def plan_batch(
                 parsed = parse_erase(rec.value, rec.key)
             elif kind == DELIVERY_HEADER:
                 parsed = parse_delivery(rec.value, rec.key)
+            elif kind == LINK_HEADER:
+                parsed = parse_link(rec.value, rec.key)
+            elif kind == MERGE_HEADER:
+                parsed = parse_merge(rec.value, rec.key, jmap)
             else:
                 parsed = parse_touchpoint(
                     rec.value, jmap, key=rec.key, max_bytes=max_event_bytes, not_after=not_after
@@ -245,7 +264,7 @@ def plan_batch(
             for item, rec in run:
                 if isinstance(item, Erase):  # owed outside the table even if nothing was stored
                     update.erase_offset = rec.offset
-            _build(jmap, update)
+            _build(jmap, update, partitions)
         except Exception as exc:
             # One customer's data never stops the worker: its events of this
             # batch go to the dead-letter topic, its stored state stays.
@@ -260,6 +279,10 @@ def plan_batch(
                 dead.append(DeadLetter(rec, "processing_error", detail))
             continue
         updates.append(update)
+        if fold.refused:  # identity links the guards refused
+            by_item = {id(item): rec for item, rec in run}
+            for item, reason, detail in fold.refused:
+                dead.append(DeadLetter(by_item[id(item)], reason, detail))
         for item, _ in run:
             if isinstance(item, Touchpoint):
                 out.by_type[item.type, item.channel] += 1
@@ -267,7 +290,7 @@ def plan_batch(
     return out
 
 
-def _build(jmap: JourneyMap, u: CustomerUpdate) -> None:
+def _build(jmap: JourneyMap, u: CustomerUpdate, partitions: int) -> None:
     """Everything the customer's fold turns into bytes or index entries: the
     output records, the changelog value, the next deadline. Done here, inside
     the customer's isolation, so nothing later can raise on its data."""
@@ -281,6 +304,9 @@ def _build(jmap: JourneyMap, u: CustomerUpdate) -> None:
             o.to_record(sent_at=o.created_at)
         else:
             records.append((o.topic, orjson.dumps(o.to_record())))
+    for f in fold.forwards:
+        key = f.key.encode()
+        u.forwards.append((key_partition(key, partitions), key, f.value, [(f.header, f.header_value)]))
     if state is not None:
         if fold.changed:
             u.encoded = encode_stored(u.last_offset, state)

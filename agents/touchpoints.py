@@ -157,8 +157,8 @@ class TouchpointsAgent:
             self.deadlines.set(u.partition, u.customer_id, u.deadline)
             if u.fold.changed and self.view is not None:
                 self.view.put(u.partition, u.customer_id, u.last_offset, state)
-            if u.fold.erased:
-                self.nudges.forget(u.customer_id)
+            if u.fold.erased or (state is not None and state.merged_into is not None):
+                self.nudges.forget(u.customer_id)  # erased, or merged: its nudges went with its state
             for o in u.fold.outputs:
                 if isinstance(o, Nudge):
                     self.nudges.submit(u.partition, o)
@@ -203,6 +203,12 @@ class TouchpointsAgent:
                 key = u.customer_id.encode()
                 for topic, value in u.records:
                     out.add(getattr(settings, topic), u.partition, key, value)
+            # Links, merges, re-keyed events and merged ids' erasures, for
+            # other customers' owners (models.identity): acked before this
+            # batch's changelog, so a crash re-sends them (same ids) rather
+            # than lose them.
+            for partition, fkey, value, headers in u.forwards:
+                out.add(settings.touchpoints_topic, partition, fkey, value, headers)
         return await out.start()
 
     def changelog(self, plan: BatchPlan) -> Changelog:
@@ -249,7 +255,7 @@ class TouchpointsAgent:
         m.events.labels("rejected").inc(len(plan.dead))
         for reason, n in Counter(dl.reason for dl in plan.dead).items():
             m.rejected.labels(reason).inc(n)
-        applied = duplicates = win_backs = churn_risks = 0
+        applied = duplicates = win_backs = churn_risks = merged = rekeyed = refused = 0
         exits = self._exits
         by_name = self.jmap.stage_by_name
         moves: Counter[tuple[str, str]] = Counter()
@@ -261,6 +267,9 @@ class TouchpointsAgent:
                 forgotten[u.before.stage] += 1
             applied += u.fold.applied
             duplicates += u.fold.duplicates
+            merged += u.fold.merges
+            rekeyed += u.fold.rekeyed
+            refused += len(u.fold.refused)
             for t in u.fold.transitions:
                 moves[(t.from_stage or "none", t.to_stage)] += 1
                 if t.from_stage is not None and t.previous_stage_ms is not None:
@@ -289,6 +298,9 @@ class TouchpointsAgent:
             m.win_backs.inc(win_backs)
         if churn_risks:
             m.churn_risks.inc(churn_risks)
+        for outcome, n in (("merged", merged), ("rekeyed", rekeyed), ("refused", refused)):
+            if n:
+                m.identities.labels(outcome).inc(n)
         for (etype, channel), n in plan.by_type.items():
             m.events_by_type.labels(etype, channel).inc(n)
         if plan.event_times:

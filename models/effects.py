@@ -253,7 +253,9 @@ def on_clock(
 
 
 def deadline_of(jmap: JourneyMap, state: CustomerState) -> int | None:
-    """:func:`next_deadline` of a stored state."""
+    """:func:`next_deadline` of a stored state (an alias of a merged id has none)."""
+    if state.merged_into is not None:
+        return None
     return next_deadline(
         jmap, state.stage, state.last_event_at, Extras(state.stall, state.drift, state.nudges)
     )

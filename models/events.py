@@ -48,11 +48,18 @@ REASONS: Final = (
     "wrong_partition",  # a worker's own or moved record off its key's murmur2 partition (events are moved)
     "in_future",  # the event time is more than JOURNEY_MAX_FUTURE_S after the record's own time
     "processing_error",  # the core raised on this event: a bug, kept instead of lost
+    "merge_refused",  # an identity link the guards refuse (two known ids, an id merged elsewhere)
 )
 
 # How deep properties may nest: anything the tracker writes back out (orjson
 # refuses past 255 levels) stays well inside it.
 MAX_DEPTH: Final = 32
+
+# The properties that link an anonymous id to the event's customer
+# (models.identity): an identify event's previous_id, any event's anonymous_id.
+PREVIOUS_ID: Final = "previous_id"
+ANONYMOUS_ID: Final = "anonymous_id"
+LINK_PROPERTIES: Final = (PREVIOUS_ID, ANONYMOUS_ID)
 
 _REQUIRED: Final = ("event_id", "customer_id", "type", "channel", "timestamp")
 
@@ -212,6 +219,13 @@ def parse_touchpoint(
         # Counting brackets is cheap; only a message with many walks the tree.
         if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth(props) > MAX_DEPTH:
             return Rejection("bad_field", f"properties nest deeper than {MAX_DEPTH} levels")
+        if b"_id" in raw:  # an identity link (models.identity) must be an id
+            for name in LINK_PROPERTIES:
+                value = props.get(name)
+                if value is not None:
+                    problem = id_problem(value, f"properties.{name}")
+                    if problem is not None:
+                        return Rejection("bad_field", problem)
 
     if key is not False and key != customer_id.encode():
         return Rejection("key_mismatch", "the message key must be the customer_id")

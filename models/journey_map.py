@@ -61,6 +61,12 @@ class Move:
     to: str
 
 
+# The identify event (models.identity): every map knows it. It names the
+# customer as a known id and may link an anonymous id to them; like any
+# event it counts, and a map may list it under a stage's enter_on.
+IDENTIFY = "identify"
+
+
 @dataclass(frozen=True, slots=True)
 class JourneyMap:
     """A validated journey map; build it with :func:`parse_map` or :func:`load_map`."""
@@ -85,7 +91,7 @@ class JourneyMap:
     def __post_init__(self) -> None:
         by_name = {s.name: s for s in self.stages}
         entry = {t: s for s in self.stages for t in s.enter_on}
-        types = set(entry) | set(self.extra_events)
+        types = set(entry) | set(self.extra_events) | {IDENTIFY}
         for m in self.moves:
             types |= m.on
         object.__setattr__(self, "stage_by_name", by_name)

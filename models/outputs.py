@@ -167,4 +167,33 @@ class Erased:
         }
 
 
-Output = StallRecord | Recovered | ChurnRisk | Nudge | NudgeOutcome | Erased
+@dataclass(frozen=True, slots=True)
+class IdentityRecord:
+    """The audit of one merge or one refused link (the identities topic)."""
+
+    topic = "identities_topic"
+    outcome: str  # "merged" or "refused"
+    merge_id: str
+    anonymous_id: str
+    known_id: str
+    at: int
+    anonymous_stage: str | None = None  # before the merge
+    known_stage: str | None = None  # before the merge
+    stage: str | None = None  # after the merge
+    reason: str | None = None  # why it was refused
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "type": self.outcome,
+            "merge_id": self.merge_id,
+            "anonymous_id": self.anonymous_id,
+            "known_id": self.known_id,
+            "anonymous_stage": self.anonymous_stage,
+            "known_stage": self.known_stage,
+            "stage": self.stage,
+            "reason": self.reason,
+            "at": ms_to_iso(self.at),
+        }
+
+
+Output = StallRecord | Recovered | ChurnRisk | Nudge | NudgeOutcome | Erased | IdentityRecord

@@ -37,13 +37,29 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from models.effects import Extras, deliver, forget_at, on_clock, on_event
-from models.events import Clock, Delivery, Erase, Touchpoint
-from models.journey_map import JourneyMap
-from models.outputs import Erased, Output
-from models.state import CustomerState, Transition, id_digest, window_add, window_has
+import msgspec
 
-Item = Touchpoint | Clock | Erase | Delivery
+from models.effects import Extras, deliver, forget_at, on_clock, on_event
+from models.events import ERASE_HEADER, Clock, Delivery, Erase, Touchpoint
+from models.identity import (
+    IDENTITY_CHANNEL,
+    LINK_HEADER,
+    MAX_IDS,
+    MERGE_HEADER,
+    REKEYED_HEADER,
+    Forward,
+    Link,
+    MergeRecord,
+    link_of,
+    link_refusal,
+    merge_id,
+    merge_states,
+)
+from models.journey_map import IDENTIFY, JourneyMap
+from models.outputs import Erased, IdentityRecord, Output, stable_id
+from models.state import CustomerState, Transition, alias_state, id_digest, window_add, window_has
+
+Item = Touchpoint | Clock | Erase | Delivery | Link | MergeRecord
 CLOCK_CHANNEL = "clock"  # the channel of a transition a clock reading caused
 
 
@@ -60,6 +76,13 @@ class CustomerFold:
     changed: bool = False  # the state differs from the one folded from
     erased: bool = False  # an erasure or retention removed the state folded from (a tombstone is due)
     forgotten: bool = False  # retention forgot the customer (no erasure record)
+    # Identity (models.identity): records for other customers' owners (links,
+    # merges, re-keyed events, the erasure of merged ids), and the items
+    # refused with (item, reason, detail): the planner dead-letters them.
+    forwards: list[Forward] = field(default_factory=list)
+    refused: list[tuple[Item, str, str]] = field(default_factory=list)
+    rekeyed: int = 0  # events of a merged id sent on to the customer it was merged into
+    merges: int = 0  # ids merged into this customer
 
 
 class _Working:
@@ -77,6 +100,8 @@ class _Working:
         "extras",
         "first_touch_at",
         "first_touch_channel",
+        "ids",
+        "known",
         "last_event_at",
         "recent",
         "stage",
@@ -96,6 +121,7 @@ class _Working:
         self.events = state.events
         self.type_counts = dict(state.type_counts)
         self.recent = state.recent
+        self.known, self.ids = state.known, state.ids
         self.extras = Extras(state.stall, state.drift, state.nudges, outputs)
 
     @classmethod
@@ -107,6 +133,7 @@ class _Working:
         w.stage, w.stage_entered_at, w.stages = None, ev.ts, {}
         w.first_touch_channel, w.first_touch_at, w.last_event_at = ev.channel, ev.ts, ev.ts
         w.events, w.type_counts, w.recent = 1, {ev.type: 1}, id_digest(ev.event_id)
+        w.known, w.ids = False, ()
         w.extras = Extras(outputs=outputs)
         entry = jmap.target(None, ev.type)
         assert entry is not None  # a new customer always lands somewhere
@@ -189,24 +216,123 @@ class _Working:
             stall=self.extras.stall,
             drift=self.extras.drift,
             nudges=self.extras.nudges,
+            known=self.known,
+            ids=self.ids,
         )
+
+    def identity(self, ev: Touchpoint, out: CustomerFold) -> None:
+        """An applied event's identity part: an identify event makes the
+        customer known; a link (``link_of``) to an id not merged in yet is
+        sent to that id's owner, or refused past MAX_IDS."""
+        if ev.type == IDENTIFY:
+            self.known = True
+        linked = link_of(ev)
+        if linked is None or linked in self.ids:
+            return
+        self.known = True
+        if len(self.ids) >= MAX_IDS:
+            out.outputs.append(
+                IdentityRecord(
+                    "refused",
+                    merge_id(linked, self.customer_id),
+                    linked,
+                    self.customer_id,
+                    ev.ts,
+                    reason=f"a customer holds at most {MAX_IDS} ids",
+                )
+            )
+            return
+        link = Link(linked, self.customer_id, ev.ts)
+        out.forwards.append(Forward(linked, link, LINK_HEADER))
 
 
 def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterable[Item]) -> CustomerFold:
-    """Apply one customer's events, clock readings and erasures in order,
-    collecting transitions, outputs and counts (``state``: None for a new
-    customer). One event is a run of one: this is the reducer."""
+    """Apply one customer's events, clock readings, erasures and identity
+    records in order, collecting transitions, outputs and counts (``state``:
+    None for a new customer). One event is a run of one: this is the reducer."""
     out = CustomerFold(state)
     base = state  # what the run builds on: None for a new customer, and after an erasure
     work: _Working | None = None
     transitions, outputs = out.transitions, out.outputs
     for ev in events:
         if isinstance(ev, Erase):
+            merged_ids = work.ids if work is not None else (base.ids if base is not None else ())
             if work is not None or base is not None:
                 outputs.append(Erased(ev.erasure_id, ev.customer_id, ev.at))
                 out.erased = out.changed = True
                 out.forgotten = False
+            for gone_id in merged_ids:  # every id merged into the customer goes with it
+                erase = Erase(gone_id, stable_id("erase", ev.erasure_id, gone_id), ev.at)
+                out.forwards.append(Forward(gone_id, erase, ERASE_HEADER))
             work = base = out.state = None
+            continue
+        if work is None and base is not None and base.merged_into is not None:
+            _to_alias(base, ev, out)  # an anonymous id merged into another customer
+            continue
+        if isinstance(ev, Link):
+            current = work.freeze() if work is not None else base
+            if ev.known_id == ev.anonymous_id:
+                continue
+            refusal = link_refusal(current, ev)
+            if refusal is not None:
+                out.refused.append((ev, "merge_refused", refusal))
+                outputs.append(
+                    IdentityRecord(
+                        "refused",
+                        merge_id(ev.anonymous_id, ev.known_id),
+                        ev.anonymous_id,
+                        ev.known_id,
+                        ev.at,
+                        anonymous_stage=current.stage if current is not None else None,
+                        reason=refusal,
+                    )
+                )
+                continue
+            mid = merge_id(ev.anonymous_id, ev.known_id)
+            m = MergeRecord(mid, ev.anonymous_id, ev.known_id, ev.at, current)
+            out.forwards.append(Forward(ev.known_id, m, MERGE_HEADER))
+            last = current.last_event_at if current is not None else 0
+            work, base = None, alias_state(ev.anonymous_id, ev.known_id, last)
+            out.state, out.changed = base, True
+            continue
+        if isinstance(ev, MergeRecord):
+            current = work.freeze() if work is not None else base
+            if current is not None and ev.anonymous_id in current.ids:
+                out.duplicates += 1
+                continue
+            if current is None and ev.state is None:
+                continue  # nothing to merge into nothing (the known id was erased since)
+            merged = merge_states(jmap, current, ev.state, ev)
+            new = merged.state
+            outputs.extend(merged.recovered)
+            outputs.append(
+                IdentityRecord(
+                    "merged",
+                    ev.merge_id,
+                    ev.anonymous_id,
+                    ev.known_id,
+                    ev.at,
+                    anonymous_stage=ev.state.stage if ev.state is not None else None,
+                    known_stage=current.stage if current is not None else None,
+                    stage=new.stage,
+                )
+            )
+            if current is not None and current.stage != new.stage:
+                transitions.append(
+                    Transition(
+                        ev.known_id,
+                        current.stage,
+                        new.stage,
+                        ev.merge_id,
+                        "merge",
+                        IDENTITY_CHANNEL,
+                        ev.at,
+                        max(0, ev.at - current.stage_entered_at),
+                    )
+                )
+            work = _Working(new, outputs)
+            out.merges += 1
+            out.changed = True
             continue
         if isinstance(ev, Delivery):
             if work is None:
@@ -241,6 +367,8 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
                 work, t = _Working.first(jmap, ev, outputs)  # a new customer
                 transitions.append(t)
                 out.applied += 1
+                if ev.properties is not None or ev.type == IDENTIFY:
+                    work.identity(ev, out)
                 continue
             work = _Working(base, outputs)
         digest = id_digest(ev.event_id)
@@ -251,10 +379,44 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
         t = work.apply(jmap, ev, digest)
         if t is not None:
             transitions.append(t)
+        if ev.properties is not None or ev.type == IDENTIFY:
+            work.identity(ev, out)
     if work is not None and (out.applied or out.changed):
         out.changed = True
         out.state = work.freeze()
     return out
+
+
+def _to_alias(alias: CustomerState, ev: Item, out: CustomerFold) -> None:
+    """What reaches an anonymous id merged into another customer: its events
+    are re-keyed to that customer, a merge into it is sent on there, a link
+    to the same customer changes nothing, one to another is refused; clock
+    readings and deliveries are for nobody."""
+    root = alias.merged_into
+    assert root is not None
+    cid = alias.customer_id
+    if isinstance(ev, Touchpoint):
+        moved = msgspec.structs.replace(ev, customer_id=root)
+        out.forwards.append(Forward(root, moved, REKEYED_HEADER, cid.encode()))
+        out.rekeyed += 1
+    elif isinstance(ev, MergeRecord):
+        if ev.anonymous_id != root:  # a merge into the alias goes on to the customer it was merged into
+            m = msgspec.structs.replace(ev, known_id=root, merge_id=merge_id(ev.anonymous_id, root))
+            out.forwards.append(Forward(root, m, MERGE_HEADER))
+    elif isinstance(ev, Link) and ev.known_id not in (root, cid):
+        refusal = link_refusal(alias, ev)
+        assert refusal is not None
+        out.refused.append((ev, "merge_refused", refusal))
+        out.outputs.append(
+            IdentityRecord(
+                "refused",
+                merge_id(ev.anonymous_id, ev.known_id),
+                ev.anonymous_id,
+                ev.known_id,
+                ev.at,
+                reason=refusal,
+            )
+        )
 
 
 def _extras_moved(work: _Working, state: CustomerState | None) -> bool:
@@ -281,6 +443,28 @@ def fold(jmap: JourneyMap, events: Iterable[Item]) -> dict[str, CustomerState]:
             states[cid] = new.state
         elif new.erased:
             del states[cid]
+    return states
+
+
+def fold_linked(jmap: JourneyMap, events: Iterable[Item]) -> dict[str, CustomerState]:
+    """The plain fold with identity: as :func:`fold`, and each record a
+    customer's fold sends another customer's owner (a link, a merge, a
+    re-keyed event, a merged id's erasure) is applied right after the item
+    that sent it, before the next one. The streaming worker reaches the same
+    states when the forwarded records arrive before the ids' next events
+    (the tests send them so)."""
+    states: dict[str, CustomerState] = {}
+    for first in events:
+        queue: list[Item] = [first]
+        while queue:
+            ev = queue.pop(0)
+            cid = ev.customer_id
+            new = fold_customer(jmap, states.get(cid), (ev,))
+            if new.state is not None:
+                states[cid] = new.state
+            elif new.erased:
+                del states[cid]
+            queue.extend(f.item for f in new.forwards)
     return states
 
 

@@ -120,6 +120,18 @@ class CustomerState(msgspec.Struct, frozen=True, array_like=True, gc=False):
     stall: Stall | None = None
     drift: Drift | None = None
     nudges: tuple[NudgeRef, ...] = ()
+    # Identity (models.identity): the customer is a known id (an identify
+    # event, or a link from an anonymous id, named it); the ids merged into
+    # it, oldest first; for an anonymous id merged into another, the id it
+    # was merged into (the state is then an alias: no journey of its own).
+    known: bool = False
+    ids: tuple[str, ...] = ()
+    merged_into: str | None = None
+
+    @property
+    def is_alias(self) -> bool:
+        """An anonymous id merged into another customer: no journey of its own."""
+        return self.merged_into is not None
 
     def seen(self, event_id: str) -> bool:
         """Whether ``event_id`` is in the de-duplication window."""
@@ -167,7 +179,9 @@ class CustomerState(msgspec.Struct, frozen=True, array_like=True, gc=False):
         return out
 
     def _api_journey(self) -> dict[str, Any]:
+        identity: dict[str, Any] = {"known": self.known, "merged_ids": list(self.ids)}
         return {
+            "identity": identity,
             "customer_id": self.customer_id,
             "stage": self.stage,
             "stage_entered_at": ms_to_iso(self.stage_entered_at),
@@ -236,3 +250,19 @@ class Transition(msgspec.Struct, frozen=True, gc=False):
                 None if self.previous_stage_ms is None else self.previous_stage_ms / 1000
             ),
         }
+
+
+def alias_state(customer_id: str, merged_into: str, last_event_at: int = 0) -> CustomerState:
+    """The stored state of an anonymous id merged into ``merged_into``: no
+    stage, no counts, only the pointer that re-keys its later events."""
+    return CustomerState(
+        customer_id=customer_id,
+        stage="",
+        stage_entered_at=0,
+        stages={},
+        first_touch_channel="",
+        first_touch_at=0,
+        last_event_at=last_event_at,
+        events=0,
+        merged_into=merged_into,
+    )

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     erasures_topic: str = Field(
         "journey-erasures", description="Topic of erased records, for downstream systems to erase theirs"
     )
+    identities_topic: str = Field(
+        "journey-identities",
+        description="Topic auditing identity stitching: every merge of an anonymous id into a known "
+        "customer (both ids, both stages before, the stage after) and every refused link",
+    )
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", description="Redis for nudge caps, cooldowns and de-duplication"
     )

@@ -99,9 +99,11 @@ def stored(store: TableStore, partition: int) -> Iterator[tuple[int, CustomerSta
 
 
 def stored_states(store: TableStore, partition: int) -> Iterator[CustomerState]:
-    """Every customer's state stored in one partition."""
+    """Every customer's state stored in one partition (not the aliases of
+    merged ids: they have no journey of their own, ``models.identity``)."""
     for _, state in stored(store, partition):
-        yield state
+        if state.merged_into is None:
+            yield state
 
 
 def nudge_gate(settings: Settings, jmap: JourneyMap) -> NudgeGate:

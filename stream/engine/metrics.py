@@ -179,6 +179,7 @@ class TrackerMetrics:
     win_backs: Counter
     clock_readings: Counter
     forgotten: Counter
+    identities: Counter
     nudge_gate_up: Gauge
     outbox_spills: Counter
     view_writes: Counter
@@ -253,6 +254,13 @@ class TrackerMetrics:
                 f"{prefix}_customers_forgotten",
                 "Customers forgotten by the map's retention (idle past its limit), by the stage they were in",
                 ["stage"],
+                registry=registry,
+            ),
+            identities=Counter(
+                f"{prefix}_identities",
+                "Identity stitching (models.identity): anonymous ids merged into a known customer, links "
+                "refused by the guards, and events of merged ids re-keyed to their customer",
+                ["outcome"],
                 registry=registry,
             ),
             conversions=Counter(

@@ -142,6 +142,10 @@ class StageCounts(Collector, PartitionListener):
         part = self._parts.get(partition)
         if part is None or before is after:
             return
+        if before is not None and before.merged_into is not None:  # an alias counts nowhere
+            before = None
+        if after is not None and after.merged_into is not None:
+            after = None
         if (
             before is not None
             and after is not None

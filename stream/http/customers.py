@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import aiohttp
 from faust.web import Request, Response, View
@@ -66,9 +67,12 @@ async def erase(w: Worker, customer_id: str) -> tuple[int, dict[str, Any], dict[
     return 202, {"erasure_id": erasure.erasure_id, "customer_id": customer_id, "status": "accepted"}, {}
 
 
-async def forward_to_owner(w: Worker, view: View, request: Request, partition: int) -> Response:
-    """The owning worker's answer to ``request``, forwarded once, without the
-    client's credentials (``stream.http.peers``); 503 while nobody (else) owns it."""
+async def forward_to_owner(
+    w: Worker, view: View, request: Request, partition: int, path: str | None = None
+) -> Response:
+    """The owning worker's answer to ``request`` (or a GET of ``path``),
+    forwarded once, without the client's credentials (``stream.http.peers``);
+    503 while nobody (else) owns it."""
     unavailable = {
         "error": "unavailable",
         "detail": "the customer's partition has no owner now (rebalancing)",
@@ -83,7 +87,8 @@ async def forward_to_owner(w: Worker, view: View, request: Request, partition: i
         url = None
     if url is None or url == w.own_url():
         return view.json(unavailable, status=503, headers=retry)
-    path = request.path_qs  # type: ignore[attr-defined]
+    if path is None:
+        path = request.path_qs  # type: ignore[attr-defined]
     headers = peer_headers(w.settings.token, "GET", path, int(time.time() * 1000))
     try:
         async with (
@@ -121,7 +126,35 @@ def register(w: Worker) -> None:
             if raw is None:
                 return self.json({"error": "unknown customer", "customer_id": customer_id}, status=404)
             _, state = decode_stored(raw)
-            return self.json(state.to_api())
+            root = state.merged_into
+            merged_from = request.query.get("merged_from")
+            if root is None:
+                body = state.to_api()
+                if merged_from is not None and id_problem(merged_from, "merged_from") is None:
+                    body["merged_from"] = merged_from  # asked by the owner of that merged id
+                return self.json(body)
+            # A merged anonymous id: the customer it was merged into answers,
+            # and says so (models.identity). A chain is resolved by the stream
+            # (merges are sent on to the end of it), never followed here.
+            if merged_from is not None:
+                return self.json({"error": "unknown customer", "customer_id": customer_id}, status=404)
+            root_key = root.encode()
+            root_partition = key_partition(root_key, settings.partitions)
+            if root_partition not in w.active_partitions():
+                path = f"/customers/{quote(root, safe='')}?merged_from={quote(customer_id, safe='')}"
+                return await forward_to_owner(w, self, request, root_partition, path)
+            return self._merged(root_partition, root_key, customer_id)
+
+        def _merged(self, partition: int, key: bytes, merged_from: str) -> Response:
+            raw = w.store.get(partition, key)
+            if raw is None:
+                return self.json({"error": "unknown customer", "customer_id": merged_from}, status=404)
+            _, state = decode_stored(raw)
+            if state.merged_into is not None:
+                return self.json({"error": "unknown customer", "customer_id": merged_from}, status=404)
+            body = state.to_api()
+            body["merged_from"] = merged_from
+            return self.json(body)
 
         async def delete(self, request: Request, customer_id: str) -> Response:
             """Erase the customer; any worker takes it."""

@@ -199,9 +199,13 @@ class ServingView(PartitionListener):
         return len(self.pending)
 
     def put(self, partition: int, customer_id: str, offset: int, state: CustomerState | None) -> None:
-        """A customer's latest state (None: erased), to be written soon."""
+        """A customer's latest state (None: erased), to be written soon. An
+        alias of a merged id (``models.identity``) is served as erased: the
+        customer it was merged into answers for it."""
         if partition not in self.owned:
             return
+        if state is not None and state.merged_into is not None:
+            state = None
         self.pending[customer_id] = Pending(partition, offset, state)
         if offset > self._through.get(partition, -1):
             self._through[partition] = offset

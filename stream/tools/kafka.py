@@ -38,6 +38,7 @@ def tracker_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.held_out_topic, n, r),
         TopicSpec(settings.outcomes_topic, n, r),
         TopicSpec(settings.erasures_topic, n, r),
+        TopicSpec(settings.identities_topic, n, r),
     ]
 
 
