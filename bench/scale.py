@@ -78,6 +78,7 @@ def run_settings(run: str, **over: Any) -> Settings:
                 "held_out",
                 "outcomes",
                 "erasures",
+                "identities",
             )
         },
     }

@@ -54,6 +54,7 @@ def make_settings(tmp_path: Path, **over: Any) -> Settings:
         "held_out_topic": f"it-{run}-held-out",
         "outcomes_topic": f"it-{run}-outcomes",
         "erasures_topic": f"it-{run}-erasures",
+        "identities_topic": f"it-{run}-identities",
         "redis_url": os.environ.get("JOURNEY_TEST_REDIS", "redis://127.0.0.1:6379/0"),
         "redis_prefix": f"it-{run}:",
         "view_prefix": f"it-{run}:view:",
@@ -214,7 +215,8 @@ def wait_processed(settings: Settings, workers: Iterable[WorkerProcess], timeout
 def stored_states(settings: Settings) -> dict[str, CustomerState]:
     """The latest state per customer in the table's changelog."""
     latest, _ = latest_values(settings, settings.changelog_topic)
-    return {k.decode(): decode_stored(v)[1] for k, v in latest.items()}
+    # Keys the store keeps for itself (the erasure ledger, Faust's offsets) are no customers.
+    return {k.decode(): decode_stored(v)[1] for k, v in latest.items() if not k.startswith(b"__")}
 
 
 def changelog_records(settings: Settings) -> list[Record]:
@@ -453,7 +455,15 @@ def topic_records(settings: Settings, topic: str) -> list[dict[str, Any]]:
 def fold_topic(settings: Settings, jmap: Any = MAP) -> dict[str, CustomerState]:
     """The plain fold of everything in the touchpoints topic: events and the
     worker's clock and delivery records alike, each partition in offset order."""
-    from models.events import CLOCK_HEADER, DELIVERY_HEADER, parse_clock, parse_delivery
+    from models.events import (
+        CLOCK_HEADER,
+        DELIVERY_HEADER,
+        ERASE_HEADER,
+        parse_clock,
+        parse_delivery,
+        parse_erase,
+    )
+    from models.identity import LINK_HEADER, MERGE_HEADER, parse_link, parse_merge
     from models.reducer import fold
 
     items: list[Touchpoint | Any] = []
@@ -463,6 +473,12 @@ def fold_topic(settings: Settings, jmap: Any = MAP) -> dict[str, CustomerState]:
             parsed = parse_clock(rec.value, rec.key)
         elif DELIVERY_HEADER in rec.headers:
             parsed = parse_delivery(rec.value, rec.key)
+        elif ERASE_HEADER in rec.headers:
+            parsed = parse_erase(rec.value, rec.key)
+        elif LINK_HEADER in rec.headers:
+            parsed = parse_link(rec.value, rec.key)
+        elif MERGE_HEADER in rec.headers:
+            parsed = parse_merge(rec.value, rec.key, jmap)
         else:
             parsed = parse_touchpoint(rec.value, jmap, key=rec.key)
         if not isinstance(parsed, Rejection):
