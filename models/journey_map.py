@@ -33,6 +33,7 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from models.errors import MapError
 from models.map_reader import Reader
@@ -79,6 +80,8 @@ class JourneyMap:
     drift: DriftRules | None = None
     nudges: NudgeRules = field(default_factory=NudgeRules)
     retention: RetentionRules | None = None  # None: customers are kept however long idle
+    # Segment track event names the map adds to the built-in ones (models.segment) -> event type
+    event_names: Mapping[str, str] = field(default_factory=dict, compare=False)
     # Derived lookups, computed once: the reducer reads them per event.
     stage_by_name: Mapping[str, Stage] = field(init=False, repr=False, compare=False)
     entry_stage: Mapping[str, Stage] = field(init=False, repr=False, compare=False)
@@ -144,7 +147,9 @@ def parse_map(text: str, source: str = "<map>") -> JourneyMap:
     if root is None:
         raise MapError(source, None, "the map is empty")
     top = r.mapping(
-        root, "the map", ("name", "channels", "stages", "moves", "events", "drift", "nudges", "retention")
+        root,
+        "the map",
+        ("name", "channels", "stages", "moves", "events", "drift", "nudges", "retention", "event_names"),
     )
     for required in ("name", "channels", "stages"):
         if required not in top:
@@ -223,6 +228,7 @@ def parse_map(text: str, source: str = "<map>") -> JourneyMap:
     if drift is None and any(p.trigger != "stall" for p in nudges.policies):
         raise r.fail(top["nudges"][1], "churn_risk and loyalty nudges need a 'drift' section")
 
+    names = _event_names(r, top["event_names"][1], known_types) if "event_names" in top else {}
     return JourneyMap(
         name=name,
         stages=tuple(stages),
@@ -232,7 +238,26 @@ def parse_map(text: str, source: str = "<map>") -> JourneyMap:
         drift=drift,
         nudges=nudges,
         retention=parse_retention(r, top["retention"][1]) if "retention" in top else None,
+        event_names=names,
     )
+
+
+def _event_names(r: Reader, node: Node, known_types: set[str]) -> dict[str, str]:
+    """``event_names``: a Segment track event name -> one of the map's event types."""
+    if not isinstance(node, MappingNode):
+        raise r.fail(node, "event_names must be a mapping of event names to event types")
+    out: dict[str, str] = {}
+    for key_node, value_node in node.value:
+        key = key_node.value if isinstance(key_node, ScalarNode) else None
+        if not isinstance(key, str) or not key.strip() or len(key) > 128:
+            raise r.fail(key_node, "an event name must be text of 1 to 128 characters")
+        if key in out:
+            raise r.fail(key_node, f"event name {key!r} is listed twice")
+        etype = r.name(value_node, "event type")
+        if etype not in known_types and etype != IDENTIFY:
+            raise r.fail(value_node, f"event name {key!r} maps to {etype!r}, which the map does not know")
+        out[key] = etype
+    return out
 
 
 def load_map(path: str | Path | None = None) -> JourneyMap:

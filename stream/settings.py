@@ -92,6 +92,11 @@ class Settings(BaseSettings):
         description="Bearer token for every endpoint but /metrics and /health; unset: the API serves on "
         "127.0.0.1 only",
     )
+    segment_write_key: SecretStr | None = Field(
+        None,
+        description="The write key Segment's SDKs send (Basic auth) to the /v1 tracking API; unset: the "
+        "API token is the write key, and without a token any key is taken (127.0.0.1 only)",
+    )
     api_max_events: int = Field(500, ge=1, le=100_000, description="Events one POST /events may carry")
     api_max_bytes: int = Field(
         1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Bytes one POST /events body may have"
@@ -194,6 +199,12 @@ class Settings(BaseSettings):
     def token(self) -> str | None:
         """The API token's value, None when unset or empty."""
         return self.api_token.get_secret_value() or None if self.api_token is not None else None
+
+    @property
+    def write_key(self) -> str | None:
+        """The write key the /v1 tracking API checks: its own, else the API token, else none."""
+        own = self.segment_write_key.get_secret_value() if self.segment_write_key is not None else ""
+        return own or self.token
 
     @property
     def changelog_topic(self) -> str:

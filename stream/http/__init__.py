@@ -2,6 +2,7 @@
 
 * :mod:`stream.http.auth`: the bearer token, or this machine only.
 * :mod:`stream.http.events`: ``POST /events``.
+* :mod:`stream.http.segment`: Segment's tracking API, ``POST /v1/batch``, ``/v1/track``...
 * :mod:`stream.http.customers`: ``GET`` and ``DELETE /customers/{id}``.
 * :mod:`stream.http.funnel`: ``GET /funnel`` and ``/funnel/local``.
 * :mod:`stream.http.map`: ``GET /map``, the live journey map page.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from stream.http import auth, customers, events, funnel, health, map, openapi
+from stream.http import auth, customers, events, funnel, health, map, openapi, segment
 
 if TYPE_CHECKING:
     from stream.worker import Worker
@@ -23,5 +24,5 @@ if TYPE_CHECKING:
 def register(w: Worker) -> None:
     """Secure the worker's web server and register every route on it (before it starts)."""
     auth.secure(w)
-    for resource in (events, customers, funnel, map, openapi, health):
+    for resource in (events, segment, customers, funnel, map, openapi, health):
         resource.register(w)

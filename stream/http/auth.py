@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # /map is a static page; it asks for the token to read /funnel (see the page).
 OPEN_PATHS = frozenset({"/metrics", "/health", "/map"})
+# Segment's tracking API (stream.http.segment) checks the write key itself.
+SEGMENT_PREFIX = "/v1/"
 
 
 def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> aioweb.Response:
@@ -45,8 +47,8 @@ def token_middleware(token: str) -> Any:
 
     @aioweb.middleware
     async def check(request: aioweb.Request, handler: Any) -> aioweb.StreamResponse:
-        if request.path in OPEN_PATHS:
-            return await handler(request)
+        if request.path in OPEN_PATHS or request.path.startswith(SEGMENT_PREFIX):
+            return await handler(request)  # open, or checked by its view (the write key)
         # Header bytes that are not UTF-8 arrive as surrogates: compare them as
         # the bytes they were, so they fail the check instead of raising.
         given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")

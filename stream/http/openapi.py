@@ -13,6 +13,7 @@ from faust.web import Request, Response, View
 
 from models.events import REASONS
 from models.journey_map import JourneyMap
+from stream.http.segment import CALLS as SEGMENT_CALLS
 from stream.settings import Settings
 
 if TYPE_CHECKING:
@@ -31,6 +32,14 @@ def _ref(name: str) -> dict[str, str]:
 
 def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
     error = _ref("Error")
+    segment_error = {
+        "type": "object",
+        "properties": {
+            "success": {"type": "boolean"},
+            "code": {"type": "string"},
+            "message": {"type": "string"},
+        },
+    }
     touchpoint = {
         "type": "object",
         "required": ["event_id", "customer_id", "type", "channel", "timestamp"],
@@ -153,7 +162,10 @@ def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
         "servers": [{"url": "/"}],
         "security": bearer,
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "writeKey": {"type": "http", "scheme": "basic"},
+            },
             "schemas": {
                 "Touchpoint": touchpoint,
                 "EventResult": result,
@@ -202,6 +214,49 @@ def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
                         "503": _json(error, "the broker did not take the events; retry after Retry-After"),
                     },
                 }
+            },
+            "/v1/{call}": {
+                "parameters": [
+                    {
+                        "name": "call",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": list(SEGMENT_CALLS)},
+                    }
+                ],
+                "post": {
+                    "summary": "Segment's HTTP tracking API (batch, track, identify, alias, page, screen)",
+                    "description": (
+                        "For Segment's and RudderStack's SDKs, unchanged: the write key as Basic auth "
+                        "(JOURNEY_SEGMENT_WRITE_KEY, else the API token), gzip bodies, 32 KB per call and "
+                        "500 KB per batch. Each call becomes a touchpoint (models.segment); one the "
+                        "contract refuses goes to the dead-letter topic with its reason."
+                    ),
+                    "security": [{"writeKey": []}],
+                    "requestBody": {"required": True, "content": {JSON: {"schema": {"type": "object"}}}},
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "success": {"type": "boolean"},
+                                    "accepted": {"type": "integer"},
+                                    "rejected": {"type": "integer"},
+                                },
+                            },
+                            "the broker has the accepted calls; refused ones are in the dead-letter topic",
+                        ),
+                        "400": _json(
+                            segment_error, "the body is not a JSON object (not retried by the SDKs)"
+                        ),
+                        "401": _json(segment_error, "the write key is missing or wrong"),
+                        "404": _json(segment_error, "not one of the calls"),
+                        "413": _json(segment_error, "over 32 KB per call or 500 KB per batch"),
+                        "503": _json(
+                            segment_error, "the broker did not take the calls; retry after Retry-After"
+                        ),
+                    },
+                },
             },
             "/customers/{customer_id}": {
                 "parameters": [

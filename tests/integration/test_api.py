@@ -103,9 +103,15 @@ def test_the_openapi_document_is_valid(api: tuple[WorkerProcess, Settings]) -> N
     status, doc, _ = worker.request("GET", "/openapi.json")
     assert status == 200
     validate(doc)
-    assert {"/events", "/customers/{customer_id}", "/funnel", "/map", "/health", "/metrics"} <= set(
-        doc["paths"]
-    )
+    assert {
+        "/events",
+        "/v1/{call}",
+        "/customers/{customer_id}",
+        "/funnel",
+        "/map",
+        "/health",
+        "/metrics",
+    } <= set(doc["paths"])
     assert doc["components"]["schemas"]["EventResult"]["properties"]["reason"]["enum"] == list(REASONS)
 
 
