@@ -288,9 +288,11 @@ def merge_states(
     if anon is None:
         if known is None:
             raise ValueError("a merge of nobody into nobody makes no customer")
-        return Merged(msgspec.structs.replace(known, known=True, ids=ids), ())
+        return Merged(msgspec.structs.replace(known, known=True, ids=ids, map_version=jmap.version), ())
     if known is None:
-        moved = msgspec.structs.replace(anon, customer_id=cid, known=True, ids=ids, merged_into=None)
+        moved = msgspec.structs.replace(
+            anon, customer_id=cid, known=True, ids=ids, merged_into=None, map_version=jmap.version
+        )
         return Merged(moved, ())
     stage, entered = merged_stage(jmap, known, anon)
     stages = dict(anon.stages)
@@ -323,6 +325,7 @@ def merge_states(
         nudges=_nudges(known.nudges, anon.nudges),
         known=True,
         ids=ids,
+        map_version=jmap.version,
     )
     return Merged(state, recovered)
 

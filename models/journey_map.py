@@ -27,6 +27,8 @@ Nothing here touches Kafka, Redis or Faust.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -82,6 +84,10 @@ class JourneyMap:
     retention: RetentionRules | None = None  # None: customers are kept however long idle
     # Segment track event names the map adds to the built-in ones (models.segment) -> event type
     event_names: Mapping[str, str] = field(default_factory=dict, compare=False)
+    # The map's version: its `version` key, else a digest of its content
+    # (comments and layout aside). Each customer's state records the version
+    # that last wrote it; `journey map diff` compares two.
+    version: str = field(default="", compare=False)
     # Derived lookups, computed once: the reducer reads them per event.
     stage_by_name: Mapping[str, Stage] = field(init=False, repr=False, compare=False)
     entry_stage: Mapping[str, Stage] = field(init=False, repr=False, compare=False)
@@ -149,7 +155,18 @@ def parse_map(text: str, source: str = "<map>") -> JourneyMap:
     top = r.mapping(
         root,
         "the map",
-        ("name", "channels", "stages", "moves", "events", "drift", "nudges", "retention", "event_names"),
+        (
+            "name",
+            "version",
+            "channels",
+            "stages",
+            "moves",
+            "events",
+            "drift",
+            "nudges",
+            "retention",
+            "event_names",
+        ),
     )
     for required in ("name", "channels", "stages"):
         if required not in top:
@@ -229,6 +246,13 @@ def parse_map(text: str, source: str = "<map>") -> JourneyMap:
         raise r.fail(top["nudges"][1], "churn_risk and loyalty nudges need a 'drift' section")
 
     names = _event_names(r, top["event_names"][1], known_types) if "event_names" in top else {}
+    if "version" in top:
+        vnode = top["version"][1]
+        version = vnode.value if isinstance(vnode, ScalarNode) else None
+        if not isinstance(version, str) or not 0 < len(version) <= 64 or not version.isprintable():
+            raise r.fail(vnode, "version must be text of 1 to 64 printable characters")
+    else:
+        version = content_version(yaml.safe_load(text))
     return JourneyMap(
         name=name,
         stages=tuple(stages),
@@ -239,7 +263,24 @@ def parse_map(text: str, source: str = "<map>") -> JourneyMap:
         nudges=nudges,
         retention=parse_retention(r, top["retention"][1]) if "retention" in top else None,
         event_names=names,
+        version=version,
     )
+
+
+def content_version(doc: object) -> str:
+    """A map's version from its content: the first 12 hex digits of a digest
+    of its YAML read as data (keys sorted), so comments and layout do not
+    count and any change of meaning does."""
+
+    def plain(v: object) -> object:  # YAML keys may be booleans (`on:`): every key as text
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
+
+    canonical = json.dumps(plain(doc), sort_keys=True, separators=(",", ":"), default=str)
+    return "c" + hashlib.blake2b(canonical.encode(), digest_size=6).hexdigest()
 
 
 def _event_names(r: Reader, node: Node, known_types: set[str]) -> dict[str, str]:

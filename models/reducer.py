@@ -200,7 +200,7 @@ class _Working:
         target, at = moved
         return self.enter(target.name, at, f"inactive:{at}", "inactivity", CLOCK_CHANNEL)
 
-    def freeze(self) -> CustomerState:
+    def freeze(self, map_version: str = "") -> CustomerState:
         assert self.stage is not None
         return CustomerState(
             customer_id=self.customer_id,
@@ -218,6 +218,7 @@ class _Working:
             nudges=self.extras.nudges,
             known=self.known,
             ids=self.ids,
+            map_version=map_version,
         )
 
     def identity(self, ev: Touchpoint, out: CustomerFold) -> None:
@@ -383,7 +384,7 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
             work.identity(ev, out)
     if work is not None and (out.applied or out.changed):
         out.changed = True
-        out.state = work.freeze()
+        out.state = work.freeze(jmap.version)
     return out
 
 
@@ -446,26 +447,46 @@ def fold(jmap: JourneyMap, events: Iterable[Item]) -> dict[str, CustomerState]:
     return states
 
 
-def fold_linked(jmap: JourneyMap, events: Iterable[Item]) -> dict[str, CustomerState]:
-    """The plain fold with identity: as :func:`fold`, and each record a
+class LinkedFold:
+    """The plain fold with identity, one item at a time: each record a
     customer's fold sends another customer's owner (a link, a merge, a
     re-keyed event, a merged id's erasure) is applied right after the item
-    that sent it, before the next one. The streaming worker reaches the same
-    states when the forwarded records arrive before the ids' next events
-    (the tests send them so)."""
-    states: dict[str, CustomerState] = {}
-    for first in events:
+    that sent it, before the next one. ``last`` keeps each customer's last
+    transition (``journey replay`` explains moves with it)."""
+
+    def __init__(self, jmap: JourneyMap) -> None:
+        self.jmap = jmap
+        self.states: dict[str, CustomerState] = {}
+        self.last: dict[str, Transition] = {}
+
+    def apply(self, first: Item) -> list[CustomerFold]:
+        """Apply one item and what it sends on; the folds, in order."""
+        states, folds = self.states, []
         queue: list[Item] = [first]
         while queue:
             ev = queue.pop(0)
             cid = ev.customer_id
-            new = fold_customer(jmap, states.get(cid), (ev,))
+            new = fold_customer(self.jmap, states.get(cid), (ev,))
+            folds.append(new)
             if new.state is not None:
                 states[cid] = new.state
             elif new.erased:
                 del states[cid]
+                self.last.pop(cid, None)
+            if new.transitions:
+                self.last[cid] = new.transitions[-1]
             queue.extend(f.item for f in new.forwards)
-    return states
+        return folds
+
+
+def fold_linked(jmap: JourneyMap, events: Iterable[Item]) -> dict[str, CustomerState]:
+    """The plain fold with identity (:class:`LinkedFold`). The streaming worker
+    reaches the same states when the forwarded records arrive before the
+    ids' next events (the tests send them so)."""
+    folder = LinkedFold(jmap)
+    for ev in events:
+        folder.apply(ev)
+    return folder.states
 
 
 def fold_batch(

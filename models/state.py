@@ -127,6 +127,7 @@ class CustomerState(msgspec.Struct, frozen=True, array_like=True, gc=False):
     known: bool = False
     ids: tuple[str, ...] = ()
     merged_into: str | None = None
+    map_version: str = ""  # the version of the journey map that last wrote the state
 
     @property
     def is_alias(self) -> bool:
@@ -182,6 +183,7 @@ class CustomerState(msgspec.Struct, frozen=True, array_like=True, gc=False):
         identity: dict[str, Any] = {"known": self.known, "merged_ids": list(self.ids)}
         return {
             "identity": identity,
+            "map_version": self.map_version,
             "customer_id": self.customer_id,
             "stage": self.stage,
             "stage_entered_at": ms_to_iso(self.stage_entered_at),

@@ -5,6 +5,8 @@
     journey emit [FILE]            send JSON lines (one event each) from a file or stdin
     journey status                 live customer counts per stage, from the table's changelog
     journey map check [FILE]       validate a journey map
+    journey map diff OLD NEW       what changes from one map to another
+    journey replay --map NEW       fold the retained touchpoints under NEW and the live map, side by side
     journey settings               the effective settings and their variables
 
 Every flag has an environment fallback, shown in ``--help``.
@@ -354,12 +356,86 @@ def map_check(path: Path | None) -> None:
         _fail(str(exc))
     click.echo(
         f"map {jmap.name!r}: {len(jmap.stages)} stages, {len(jmap.event_types)} event types, "
-        f"{len(jmap.channels)} channels, {len(jmap.moves)} explicit moves"
+        f"{len(jmap.channels)} channels, {len(jmap.moves)} explicit moves, version {jmap.version}"
     )
     for s in jmap.stages:
         extra = " (exit)" if s.exit else ""
         stall = f", stall after {s.stall_after_s}s" if s.stall_after_s else ""
         click.echo(f"  {s.name}{extra}{stall}: {', '.join(s.enter_on) or '-'}")
+
+
+@map_group.command("diff")
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object with every change")
+def map_diff(old: Path, new: Path, as_json: bool) -> None:
+    """What changes from map OLD to map NEW: stages, events moved, thresholds, moves, rules.
+
+    Exits 0 with no change, 3 with changes (as diff does with 1, but 1 is an error here).
+    """
+    from models.map_diff import diff_maps
+
+    try:
+        a, b = load_map(old), load_map(new)
+    except JourneyError as exc:
+        _fail(str(exc))
+    changes = diff_maps(a, b)
+    if as_json:
+        click.echo(
+            orjson.dumps(
+                {"old": a.version, "new": b.version, "changes": [c.to_dict() for c in changes]},
+                option=orjson.OPT_INDENT_2,
+            )
+        )
+    else:
+        click.echo(f"map {a.name!r} {a.version} -> {b.name!r} {b.version}: {len(changes)} changes")
+        for c in changes:
+            click.echo(f"  {c.line()}")
+    sys.exit(3 if changes else 0)
+
+
+@main.command()
+@click.option("--map", "new_map", required=True, type=click.Path(path_type=Path), help="The changed map")
+@click.option(
+    "--live",
+    "live_map",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The map to compare with (default: JOURNEY_MAP, the live one)",
+)
+@click.option("--from", "since", default=None, help="Replay from this time (ISO-8601 with a zone) on")
+@click.option("--at", "at", default=None, help="Judge stalls and defections as of this time (default: now)")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Write the report as JSON here too"
+)
+@click.option("--sample", default=20, type=click.IntRange(0, 10_000), help="Customers who would move, listed")
+def replay(
+    new_map: Path, live_map: Path | None, since: str | None, at: str | None, out: Path | None, sample: int
+) -> None:
+    """Fold the retained touchpoints under a changed map and the live map, side by side.
+
+    A consumer of its own reads the topic (the workers are not disturbed);
+    both folds run in memory. Replay sees only what the topic still retains.
+    """
+    from models.timeutil import iso_to_ms
+    from stream.tools.replay import render
+    from stream.tools.replay import replay as run
+
+    settings = load_settings()
+    live = load_map(live_map if live_map is not None else settings.map_path)
+    new = load_map(new_map)
+    times = {}
+    for name, value in (("--from", since), ("--at", at)):
+        if value is not None:
+            ms = iso_to_ms(value)
+            if ms is None:
+                _fail(f"{name} must be ISO-8601 with a zone, e.g. 2026-12-01T00:00:00Z")
+            times[name] = ms
+    report = run(settings, live, new, since_ms=times.get("--from"), at_ms=times.get("--at"), sample=sample)
+    click.echo(render(report))
+    if out is not None:
+        out.write_bytes(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2))
+        click.echo(f"report written to {out}")
 
 
 @main.command(name="settings")

@@ -182,10 +182,15 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: dict[str, bytes]
+    timestamp: int | None = None  # the record's own (epoch ms)
 
 
-def read_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> Iterator[Record]:
-    """Every record of ``topic`` from the beginning to the current end, no group."""
+def read_topic(
+    settings: Settings, topic: str, timeout_s: float | None = 30.0, since_ms: int | None = None
+) -> Iterator[Record]:
+    """Every record of ``topic`` from the beginning (or the first record at or
+    after ``since_ms``, epoch ms) to the current end, no group; ``timeout_s``
+    None: however long it takes."""
     consumer = KafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         enable_auto_commit=False,
@@ -200,8 +205,11 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> Itera
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         ends = consumer.end_offsets(tps)
+        if since_ms is not None:
+            for tp, found in consumer.offsets_for_times(dict.fromkeys(tps, since_ms)).items():
+                consumer.seek(tp, found.offset if found is not None else ends[tp])
         todo = {tp for tp in tps if ends[tp] > consumer.position(tp)}
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + timeout_s if timeout_s is not None else float("inf")
         while todo:
             if time.monotonic() > deadline:
                 raise StreamError(f"reading {topic} timed out with {len(todo)} partitions unread")
@@ -209,7 +217,9 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> Itera
             for tp, msgs in batches.items():
                 for m in msgs:
                     if m.offset < ends[tp]:
-                        yield Record(m.partition, m.offset, m.key, m.value, {k: v for k, v in m.headers})
+                        yield Record(
+                            m.partition, m.offset, m.key, m.value, {k: v for k, v in m.headers}, m.timestamp
+                        )
                 if consumer.position(tp) >= ends[tp]:
                     todo.discard(tp)
     finally:
