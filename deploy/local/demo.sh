@@ -3,6 +3,7 @@
 # stack that `make demo` started. `demo.sh stop` (make demo-stop) ends them.
 #
 # Environment: DEMO_CUSTOMERS [20000], DEMO_RATE events/s [300],
+# DEMO_DEVICES [0.2: the share who browse anonymously on two devices, then log in],
 # DEMO_SPAN_DAYS [0.01: event times over the last quarter hour],
 # JOURNEY_MAP_PATH [deploy/local/demo-map.yaml: a cart stalls after 20 s],
 # JOURNEY_WEB_PORT [6066], and any other JOURNEY_* setting.
@@ -42,7 +43,8 @@ start() {
     done
     curl -fs "http://127.0.0.1:$port/health" >/dev/null || { echo "demo: worker not ready" >&2; exit 1; }
     nohup "$bin/journey" simulate --customers "${DEMO_CUSTOMERS:-20000}" --rate "${DEMO_RATE:-300}" \
-        --span-days "${DEMO_SPAN_DAYS:-0.01}" --duplicates 0.02 --malformed 0.01 >"$run/simulator.log" 2>&1 &
+        --span-days "${DEMO_SPAN_DAYS:-0.01}" --duplicates 0.02 --malformed 0.01 \
+        --devices "${DEMO_DEVICES:-0.2}" >"$run/simulator.log" 2>&1 &
     echo $! >"$run/simulator.pid"
     echo "demo: simulator sending ${DEMO_RATE:-300} events/s (log: $run/simulator.log)"
     sleep 30
@@ -62,6 +64,9 @@ Customers are moving. Look at:
   Prometheus       http://127.0.0.1:${PROMETHEUS_PORT:-9090}  (journey rules and alerts loaded; try journey:customers:sum)
   nudges live      .venv/bin/journey tail nudges     (also: stalls, held-out, drift, outcomes)
   transitions      .venv/bin/journey tail transitions; refused events: .venv/bin/journey tail dlq
+  identity merges  .venv/bin/journey tail identities   (a device's id: GET /customers/anon-...-a)
+  a changed map    .venv/bin/journey map diff $JOURNEY_MAP_PATH my-map.yaml
+                   .venv/bin/journey replay --map my-map.yaml --out replay.json
 Stop everything:   make demo-stop
 EOT
 }

@@ -160,6 +160,13 @@ def sim_option(*flags: str, env: str, **kwargs: Any) -> Callable[[F], F]:
     type=click.FloatRange(0),
     help="Journeys start this far back",
 )
+@sim_option(
+    "--devices",
+    env="DEVICES",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Share who browse anonymously on two devices, then log in (merged into one customer)",
+)
 @click.option("--dry-run", is_flag=True, help="Print the events as JSON lines instead of sending them")
 def simulate(
     customers: int,
@@ -168,6 +175,7 @@ def simulate(
     duplicates: float,
     malformed: float,
     span_days: float,
+    devices: float,
     dry_run: bool,
 ) -> None:
     """Produce synthetic customers' touchpoints to the touchpoints topic."""
@@ -177,7 +185,9 @@ def simulate(
 
     if seed is None:
         seed = random.SystemRandom().randrange(1_000_000)
-    messages = generate(customers, seed, duplicates=duplicates, malformed=malformed, span_days=span_days)
+    messages = generate(
+        customers, seed, duplicates=duplicates, malformed=malformed, span_days=span_days, devices=devices
+    )
     if dry_run:
         out = sys.stdout.buffer
         for m in messages:
@@ -240,15 +250,24 @@ def emit(source: click.utils.LazyFile) -> None:
 def stage_counts(settings: Settings) -> tuple[Counter[str], str | None, Counter[str]]:
     """Customers per stage from the latest value of each key in the changelog,
     the id of the customer updated last (an example to look up), and how
-    many are stalled now (per stage) or at risk (key ``at risk``)."""
+    many are stalled now (per stage), at risk (key ``at risk``), stitched
+    from several ids (``stitched``) and how many ids were merged
+    (``merged ids``, counted in no stage)."""
     from stream.engine.codec import decode_stored
     from stream.tools.kafka import latest_values
 
     latest, last = latest_values(settings, settings.changelog_topic)
     counts: Counter[str] = Counter()
     flags: Counter[str] = Counter()
-    for v in latest.values():
+    for k, v in latest.items():
+        if k.startswith(b"__"):  # the store's own keys (the erasure ledger)
+            continue
         state = decode_stored(v)[1]
+        if state.merged_into is not None:  # an anonymous id merged into a customer
+            flags["merged ids"] += 1
+            continue
+        if state.ids:
+            flags["stitched"] += 1
         counts[state.stage] += 1
         if state.stall is not None:
             flags[state.stall.stage] += 1
@@ -295,6 +314,10 @@ def status(watch: float) -> None:
             stalled = f"  ({flags[name]} stalled)" if flags.get(name) else ""
             click.echo(f"  {name:<14} {n:>8}  {'#' * round(40 * n / widest)}{stalled}")
         click.echo(f"at risk now: {flags.get('at risk', 0)}")
+        click.echo(
+            f"identity: {flags.get('stitched', 0)} customers stitched from {flags.get('merged ids', 0)} "
+            "anonymous ids merged into them"
+        )
         click.echo("records: " + ", ".join(f"{label} {sizes[t]}" for label, t in topics.items()))
         if example:
             click.echo(f"example customer: {example}")
@@ -311,6 +334,7 @@ TAIL_TOPICS = {
     "outcomes": "outcomes_topic",
     "transitions": "transitions_topic",
     "dlq": "dlq_topic",
+    "identities": "identities_topic",
 }
 
 

@@ -178,8 +178,15 @@ def generate(
     malformed: float = 0.0,
     now_ms: int | None = None,
     span_days: float = 14.0,
+    devices: float = 0.0,
 ) -> list[SimMessage]:
-    """Messages for ``customers`` synthetic customers, in production order."""
+    """Messages for ``customers`` synthetic customers, in production order.
+
+    ``devices``: the share of customers who begin anonymously on two devices
+    (ids ``anon-<seed>-<n>-a`` on the web and ``-b`` in the app), then log in
+    (an ``identify`` event linking device a) and go on as themselves, their
+    first event after the login carrying device b's id (``anonymous_id``):
+    the tracker merges the three into one customer (``models.identity``)."""
     rng = random.Random(seed)
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     weights = [p.weight for p in PERSONAS]
@@ -190,13 +197,27 @@ def generate(
         cid = f"cust-{seed}-{i:06d}"
         names, cw = zip(*persona.channels, strict=True)
         ts = now - int(rng.uniform(0, span_days) * DAY_MS)
-        for n, etype in enumerate(persona.walk(rng)):
+        walk = persona.walk(rng)
+        # Two anonymous devices before the login (only drawn for when asked: a
+        # seed gives the same customers as before without it).
+        login = len(walk) // 2 if devices and len(walk) >= 2 and rng.random() < devices else 0
+        dev_a, dev_b = f"anon-{seed}-{i:06d}-a", f"anon-{seed}-{i:06d}-b"
+        for n, etype in enumerate(walk):
             channel = FIXED_CHANNEL.get(etype) or rng.choices(names, cw)[0]
             props: dict[str, object] | None = {"persona": persona.name}
             if etype == "purchase":
                 props = {"persona": persona.name, "order_value": round(rng.uniform(5, 400), 2)}
-            value = _event(f"{cid}-e{n}", cid, etype, channel, ts, props)
-            timed.append((ts, seq, SimMessage(cid.encode(), value)))
+            who = cid
+            if n < login:
+                who = dev_a if n % 2 == 0 else dev_b
+                channel = FIXED_CHANNEL.get(etype) or ("web" if who == dev_a else "mobile_app")
+            elif login and n == login:
+                ident = _event(f"{cid}-login", cid, "identify", "web", ts, {"previous_id": dev_a})
+                timed.append((ts, seq, SimMessage(cid.encode(), ident)))
+                seq += 1
+                props = {**(props or {}), "anonymous_id": dev_b}
+            value = _event(f"{who}-e{n}", who, etype, channel, ts, props)
+            timed.append((ts, seq, SimMessage(who.encode(), value)))
             seq += 1
             ts = min(now, ts + int(rng.expovariate(1 / (3 * HOUR_MS))) + 1000)
     timed.sort(key=lambda t: (t[0], t[1]))
