@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 
 from agents.nudges import NudgeDispatcher
-from models.events import CLOCK_HEADER, Clock
+from models.events import CLOCK_HEADER, GROUP_HEADER, Clock
 from stream.engine.batching import NewBatches
 from stream.engine.deadlines import DeadlineIndex
 from stream.engine.lifecycle import PartitionLifecycle
@@ -33,7 +33,6 @@ from stream.engine.metrics import TrackerMetrics
 
 log = logging.getLogger(__name__)
 
-CLOCK_HEADERS = ((CLOCK_HEADER, b"1"),)
 # Clock records sent per partition and tick at most (the rest go next tick).
 MAX_PER_TICK = 20_000
 
@@ -54,9 +53,12 @@ class ClockTicker:
         batches: NewBatches,
         metrics: TrackerMetrics,
         clock: Callable[[], int],
+        group: str = "",
     ) -> None:
-        """``topic``: the touchpoints topic, where clock records go."""
+        """``topic``: the touchpoints topic, where clock records go; ``group``:
+        the app id they are marked with (``models.events.GROUP_HEADER``)."""
         self.topic = topic
+        self.headers = ((CLOCK_HEADER, b"1"), (GROUP_HEADER, group.encode()))
         self.lifecycle = lifecycle
         self.index = index
         self.dispatcher = dispatcher
@@ -71,7 +73,7 @@ class ClockTicker:
         due: list[tuple[int, str]] = []
         for p in self.lifecycle.ready:
             for cid in self.index.pop_due(p, now, MAX_PER_TICK):
-                out.add(self.topic, p, cid.encode(), Clock(cid, now).to_json(), CLOCK_HEADERS)
+                out.add(self.topic, p, cid.encode(), Clock(cid, now).to_json(), self.headers)
                 due.append((p, cid))
         if due:
             try:

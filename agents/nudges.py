@@ -33,7 +33,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from agents.erasures import ErasureLedger
-from models.events import DELIVERY_HEADER, Delivery
+from models.events import DELIVERY_HEADER, GROUP_HEADER, Delivery
 from models.journey_map import JourneyMap
 from models.nudges import quiet_release
 from models.outputs import Nudge
@@ -302,9 +302,8 @@ class NudgeDispatcher(PartitionListener):
     def _add_delivery(self, out: PartitionBatches, p: Pending, claim: Claim) -> None:
         n = p.nudge
         record = Delivery(n.customer_id, n.nudge_id, claim.decision).to_json()
-        out.add(
-            self._settings.touchpoints_topic, p.partition, n.customer_id.encode(), record, DELIVERY_HEADERS
-        )
+        headers = (*DELIVERY_HEADERS, (GROUP_HEADER, self._settings.app_id.encode()))
+        out.add(self._settings.touchpoints_topic, p.partition, n.customer_id.encode(), record, headers)
 
     def forget(self, customer_id: str) -> None:
         """Drop an erased customer's waiting nudges."""

@@ -39,6 +39,7 @@ from models.events import (
     CLOCK_HEADER,
     DELIVERY_HEADER,
     ERASE_HEADER,
+    GROUP_HEADER,
     Erase,
     Rejection,
     Touchpoint,
@@ -105,6 +106,14 @@ def internal_kind(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
     return None
 
 
+def _foreign(headers: Sequence[tuple[str, bytes]], group: bytes) -> bool:
+    """Whether a record names another tracker group than ``group`` (GROUP_HEADER)."""
+    for k, v in headers:
+        if k == GROUP_HEADER:
+            return v != group
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A refused record and why."""
@@ -165,6 +174,7 @@ class BatchPlan:
     moves: list[Move] = field(default_factory=list)
     updates: list[CustomerUpdate] = field(default_factory=list)
     replayed: int = 0
+    foreign: int = 0  # another tracker group's own records (GROUP_HEADER), not ours to apply
     clocks: int = 0  # clock readings among the records
     by_type: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, channel) of new touchpoints
     event_times: list[int] = field(default_factory=list)  # event time of each new touchpoint
@@ -187,12 +197,15 @@ def plan_batch(
     partitions: int,
     max_event_bytes: int,
     max_future_ms: int | None = None,
+    group: str | None = None,
 ) -> BatchPlan:
     """Validate, skip replays and fold one fetch. ``load(partition, key)``
     returns a customer's stored offset and state, or None. An event time
     later than its record's Kafka timestamp plus ``max_future_ms`` is
-    refused (``in_future``)."""
+    refused (``in_future``). ``group``: this worker's app id; a worker's own
+    record marked with another group (``GROUP_HEADER``) is skipped."""
     out = BatchPlan()
+    own_group = group.encode() if group is not None else None
     runs: dict[str, list[tuple[Item, SourceRecord]]] = {}
     stored: dict[str, tuple[int, CustomerState] | None] = {}
     homes: dict[str, int] = {}  # customer -> the partition its key belongs on
@@ -204,6 +217,9 @@ def plan_batch(
             if max_future_ms is not None and rec.timestamp is not None and rec.timestamp >= 0:
                 not_after = rec.timestamp + max_future_ms
             kind = internal_kind(rec.headers)
+            if kind is not None and own_group is not None and _foreign(rec.headers, own_group):
+                out.foreign += 1
+                continue
             if kind == CLOCK_HEADER:
                 parsed = parse_clock(rec.value, rec.key, not_after)
                 out.clocks += 1

@@ -42,6 +42,7 @@ from agents.clock import wall_clock_ms
 from agents.erasures import ErasureLedger
 from agents.nudges import NudgeDispatcher
 from agents.plan import BatchPlan, plan_batch
+from models.events import GROUP_HEADER
 from models.journey_map import JourneyMap
 from models.outputs import ChurnRisk, Nudge, StallRecord
 from stream.engine.batching import NewBatches, PartitionBatches, Sent
@@ -116,6 +117,7 @@ class TouchpointsAgent:
             partitions=self.settings.partitions,
             max_event_bytes=self.settings.max_event_bytes,
             max_future_ms=int(self.settings.max_future_s * 1000),
+            group=self.settings.app_id,
         )
 
     async def handle(self, fetch: Fetch) -> BatchRest:
@@ -195,9 +197,11 @@ class TouchpointsAgent:
                     self._moved,
                 )
                 self._moved, self._moved_logged = 0, now
+        group = (GROUP_HEADER, settings.app_id.encode())
         for mv in plan.moves:
             rec = mv.record
-            out.add(settings.touchpoints_topic, mv.home, rec.key, rec.value, mv.headers(), rec.timestamp)
+            headers = [*mv.headers(), group]
+            out.add(settings.touchpoints_topic, mv.home, rec.key, rec.value, headers, rec.timestamp)
         for u in plan.updates:
             if u.records:  # built by the planner; nudges go through the gate (agents.nudges)
                 key = u.customer_id.encode()
@@ -208,7 +212,7 @@ class TouchpointsAgent:
             # batch's changelog, so a crash re-sends them (same ids) rather
             # than lose them.
             for partition, fkey, value, headers in u.forwards:
-                out.add(settings.touchpoints_topic, partition, fkey, value, headers)
+                out.add(settings.touchpoints_topic, partition, fkey, value, [*headers, group])
         return await out.start()
 
     def changelog(self, plan: BatchPlan) -> Changelog:
@@ -250,6 +254,8 @@ class TouchpointsAgent:
         m = self.metrics
         m.batches.inc()
         m.events.labels("replayed").inc(plan.replayed)
+        if plan.foreign:
+            m.events.labels("foreign").inc(plan.foreign)
         if plan.moves:
             m.events.labels("moved").inc(len(plan.moves))
         m.events.labels("rejected").inc(len(plan.dead))

@@ -232,6 +232,14 @@ def parse_touchpoint(
     return Touchpoint(event_id, customer_id, etype, channel, ts, props)
 
 
+# The tracker group (its app id) that wrote one of the worker's own records
+# (a clock reading, a delivery, a link, a merge, a re-keyed or moved event).
+# Two groups may read one touchpoints topic (a shadow group running a new
+# map, README "Blue/green"): each applies only its own such records and
+# those that name no group (an erasure from the API, older records).
+GROUP_HEADER: Final = "journey-group"
+
+
 # A clock record: the worker's reading of its clock for one customer whose
 # deadline (a stall, inactivity, a nudge window) has come. The worker sends
 # it through the touchpoints topic, keyed by the customer, with this header,

@@ -232,7 +232,9 @@ def build_worker(
     install_batch_path(app, BatchPipeline(settings.touchpoints_topic, agent.handle, lifecycle, on_fatal))
 
     # 6. Timers: the clock and the watchdog.
-    ticker = ClockTicker(settings.touchpoints_topic, lifecycle, deadlines, nudges, batches, metrics, clock)
+    ticker = ClockTicker(
+        settings.touchpoints_topic, lifecycle, deadlines, nudges, batches, metrics, clock, settings.app_id
+    )
 
     async def clock_tick() -> None:
         try:

@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
-from agents.clock import CLOCK_HEADERS, ClockTicker
+from agents.clock import ClockTicker
+from models.events import CLOCK_HEADER, GROUP_HEADER
 from stream.engine.deadlines import DeadlineIndex
 from stream.engine.lifecycle import PartitionLifecycle
 from stream.engine.metrics import TrackerMetrics
@@ -54,6 +55,7 @@ def ticker(sink: list[tuple[Any, ...]], fail: list[bool]) -> tuple[ClockTicker, 
         lambda: Batches(sink, fail),  # type: ignore[arg-type,return-value]
         metrics,
         lambda: NOW,
+        "tracker-blue",
     )
     return t, index
 
@@ -66,7 +68,8 @@ def test_each_due_customer_of_a_ready_partition_gets_one_clock_record_keyed_and_
     index.set(2, "recovering", NOW - 1)  # not ready: its turn comes after its scan
     assert asyncio.run(t.tick()) == 1
     [(topic, partition, key, value, headers)] = sink
-    assert (topic, partition, key, headers) == ("touchpoints", 0, b"due", CLOCK_HEADERS)
+    assert (topic, partition, key) == ("touchpoints", 0, b"due")
+    assert tuple(headers) == ((CLOCK_HEADER, b"1"), (GROUP_HEADER, b"tracker-blue"))  # marked with its group
     assert orjson.loads(value)["clock"] == NOW
     assert asyncio.run(t.tick()) == 0  # sent once: the batch applying it sets the next deadline
     assert t.dispatcher.flushes == 2  # type: ignore[attr-defined]  # the outbox every tick

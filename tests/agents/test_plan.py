@@ -11,7 +11,7 @@ import pytest
 from agents import plan as planner
 from agents.plan import SourceRecord, plan_batch
 from models import fold, load_map, parse_touchpoint
-from models.events import CLOCK_HEADER, Clock, Touchpoint
+from models.events import CLOCK_HEADER, GROUP_HEADER, Clock, Touchpoint
 from models.outputs import Nudge, StallRecord
 from stream.engine.codec import decode_stored, encode_stored
 from stream.engine.partitioning import key_partition
@@ -255,3 +255,30 @@ def test_a_bad_clock_record_is_dead_lettered() -> None:
     rec = Rec(0, 5, b"x", b'{"clock": "soon"}', ((CLOCK_HEADER, b"1"),))
     p = plan([rec])
     assert [d.reason for d in p.dead] == ["bad_field"]
+
+
+def test_another_groups_own_records_are_skipped_and_ours_applied() -> None:
+    """Two tracker groups on one topic (blue/green): each applies its own
+    clock readings and those that name no group, never the other's."""
+    cart = event("c9", "e1", "add_to_cart", 10)
+    first = plan([cart])
+    stored = {b"c9": encode_stored(10, first.changed[0].fold.state)}  # type: ignore[arg-type]
+    due = 1_790_000_000_000 + 10 + 3_600_000
+    rec = clock_rec("c9", due, 11)
+
+    def tagged(group: bytes) -> Rec:
+        return Rec(
+            rec.partition, rec.offset, rec.key, rec.value, ((CLOCK_HEADER, b"1"), (GROUP_HEADER, group))
+        )
+
+    def run(r: Rec) -> planner.BatchPlan:
+        def load(partition: int, key: bytes) -> Any:
+            return decode_stored(stored[key]) if key in stored else None
+
+        return plan_batch(MAP, by_partition([r]), load, partitions=N, max_event_bytes=65536, group="blue")
+
+    foreign = run(tagged(b"green"))
+    assert foreign.foreign == 1 and not foreign.changed and not foreign.dead
+    for own in (tagged(b"blue"), rec):  # ours, or a record that names no group
+        p = run(own)
+        assert p.foreign == 0 and p.clocks == 1 and p.changed[0].fold.state.stall is not None  # type: ignore[union-attr]
