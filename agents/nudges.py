@@ -97,13 +97,34 @@ class NudgeDispatcher(PartitionListener):
         self._resume: dict[int, int] = {}
         self._rescanning: int | None = None
         self.owned: set[int] = set()
+        self.sending = True  # False in a shadow group's worker (set_active)
+        self.promoted: set[int] = set()  # rescanned because the group became active: not a spill
         self.scan = scan
         metrics.nudge_gate_up.set(1)
 
     def __len__(self) -> int:
         return len(self.pending)
 
+    def set_active(self, active: bool) -> None:
+        """Blue/green (``stream.redis.role``): a shadow group's worker sends no
+        nudge (its decisions stay in its table); one that becomes active puts
+        its customers' open nudges back in the outbox (the gate drops those
+        the other group sent already: the ids are the same)."""
+        if self.sending == active:
+            return
+        self.sending = active
+        if active:
+            for p in self.owned:
+                self.spilled.add(p)
+                self.promoted.add(p)
+                self._resume[p] = 0
+        else:
+            self.pending.clear()
+
     def submit(self, partition: int, nudge: Nudge) -> None:
+        if not self.sending:
+            self._metrics.shadow_nudges.inc()
+            return
         if nudge.nudge_id in self.pending:
             return
         if len(self.pending) >= self.max_pending:
@@ -125,8 +146,9 @@ class NudgeDispatcher(PartitionListener):
 
     def unready_because(self) -> str | None:
         """Why the worker should not count as ready (the outbox spilled), or None."""
-        if self.spilled:
-            return f"the nudge outbox spilled partitions {sorted(self.spilled)} (JOURNEY_NUDGE_OUTBOX_MAX)"
+        spilled = self.spilled - self.promoted
+        if spilled:
+            return f"the nudge outbox spilled partitions {sorted(spilled)} (JOURNEY_NUDGE_OUTBOX_MAX)"
         return None
 
     async def refill(self) -> None:
@@ -139,6 +161,7 @@ class NudgeDispatcher(PartitionListener):
         while self.spilled and len(self.pending) <= self.max_pending // 2:
             partition = min(self.spilled)
             self.spilled.discard(partition)  # a spill during the rescan marks it again
+            self.promoted.discard(partition)
             start = self._resume.pop(partition, 0)
             now, seen = self._clock(), 0
             for state in self.scan(partition):
@@ -360,6 +383,7 @@ class NudgeDispatcher(PartitionListener):
     def on_partition_revoked(self, partition: int) -> None:
         self.owned.discard(partition)
         self.spilled.discard(partition)
+        self.promoted.discard(partition)
         self._resume.pop(partition, None)
         for nudge_id in [i for i, p in self.pending.items() if p.partition == partition]:
             del self.pending[nudge_id]

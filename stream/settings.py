@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     erasures_topic: str = Field(
         "journey-erasures", description="Topic of erased records, for downstream systems to erase theirs"
     )
+    role: Literal["active", "shadow"] = Field(
+        "active",
+        description="Blue/green: this group's role while Redis names no active group (journey promote "
+        "names one); a shadow writes no serving view and sends no nudge",
+    )
     identities_topic: str = Field(
         "journey-identities",
         description="Topic auditing identity stitching: every merge of an anonymous id into a known "

@@ -56,6 +56,7 @@ from stream.faust.consumer import install_batch_path
 from stream.faust.store import TableStore
 from stream.faust.version import check_faust_version
 from stream.redis.gate import NudgeGate
+from stream.redis.role import GroupRole
 from stream.redis.view import ServingView
 from stream.settings import Settings
 
@@ -81,6 +82,7 @@ class Worker:
     batches: NewBatches  # a new set of output batches on the worker's producer
     # Sections of /health: name -> a function returning them.
     health: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    role: GroupRole | None = None  # blue/green: whether this worker's group is the active one
     # Who this worker is, for its peers (GET /funnel counts each worker once by it).
     worker_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -231,6 +233,23 @@ def build_worker(
     )
     install_batch_path(app, BatchPipeline(settings.touchpoints_topic, agent.handle, lifecycle, on_fatal))
 
+    # Blue/green: which group is active (stream.redis.role), read each second.
+    role = GroupRole(settings)
+
+    def gauge_role(active: bool) -> None:
+        stage_counts.shadow = not active
+
+    role.listeners += [nudges.set_active, gauge_role]
+    if view is not None:
+        role.listeners.append(view.set_active)
+    for listener in role.listeners:  # the role without the key, until the first reading
+        listener(role.active)
+
+    async def role_tick() -> None:
+        await role.poll()
+
+    app.timer(1.0, name="journey.role")(role_tick)
+
     # 6. Timers: the clock and the watchdog.
     ticker = ClockTicker(
         settings.touchpoints_topic, lifecycle, deadlines, nudges, batches, metrics, clock, settings.app_id
@@ -282,6 +301,8 @@ def build_worker(
         batches,
     )
     worker.health["recovery"] = recovery.to_dict
+    worker.health["group"] = role.to_dict
+    worker.role = role
     worker.health["memory"] = lambda: {
         "rss_bytes": resident_bytes(),
         "deadline_index": {"customers": len(deadlines), "loaded_run_bytes": deadlines.run_bytes()},

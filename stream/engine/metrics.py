@@ -182,6 +182,7 @@ class TrackerMetrics:
     identities: Counter
     nudge_gate_up: Gauge
     outbox_spills: Counter
+    shadow_nudges: Counter
     view_writes: Counter
     view_pending: Gauge
     view_up: Gauge
@@ -299,6 +300,11 @@ class TrackerMetrics:
                 f"{prefix}_nudge_outbox_spills",
                 "Nudges left in the table because the outbox was full (its partition is rescanned once "
                 "the outbox has room; the worker is unready meanwhile)",
+                registry=registry,
+            ),
+            shadow_nudges=Counter(
+                f"{prefix}_shadow_nudges",
+                "Nudges a shadow group decided and did not send (blue/green: they stay in its table)",
                 registry=registry,
             ),
             view_writes=Counter(

@@ -112,6 +112,8 @@ class StageCounts(Collector, PartitionListener):
         self._pairs = tuple(pairwise(order))
         self._onward = {order[i + 1]: frozenset(order[i + 1 :]) for i in range(len(order) - 1)}
         self._name = f"{prefix}_customers"
+        self._shadow_name = f"{prefix}_shadow_customers"
+        self.shadow = False  # blue/green: a shadow group exports its gauge under the shadow name
         self._parts: dict[int, Figures] = {}
 
     @property
@@ -168,7 +170,9 @@ class StageCounts(Collector, PartitionListener):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         g = GaugeMetricFamily(
-            self._name, "Customers per journey stage in the partitions this worker owns", labels=["stage"]
+            self._shadow_name if self.shadow else self._name,
+            "Customers per journey stage in the partitions this worker owns",
+            labels=["stage"],
         )
         for stage, n in self.totals().customers.items():
             g.add_metric([stage], n)

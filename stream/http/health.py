@@ -26,10 +26,15 @@ def register(w: Worker) -> None:
 
     @app.page("/health")
     class HealthView(View):
-        """Ready once this worker owns partitions, is not rebalancing, and none is stalled."""
+        """Ready once this worker owns partitions, is not rebalancing, and none is stalled.
+
+        ``/health?active=1`` is ready only in the active group (blue/green,
+        ``stream.redis.role``): what a load balancer checks, so that the API
+        is served by the active group and moves with ``journey promote``."""
 
         async def get(self, request: Request) -> Response:
             ready = watchdog.ready()
+            shadow = request.query.get("active") is not None and w.role is not None and not w.role.serving
             body: dict[str, Any] = {
                 "ready": ready,
                 "partitions": w.active_partitions(),
@@ -37,11 +42,13 @@ def register(w: Worker) -> None:
                 # Changes with every rebalance of the consumer group.
                 "generation": app.consumer_generation_id,
                 "problems": {str(p): v for p, v in sorted(watchdog.report.problems.items())},
-                "unready_because": watchdog.unready_because(),
+                "unready_because": "a shadow group (journey promote names the active one)"
+                if shadow
+                else watchdog.unready_because(),
                 "progress": w.lifecycle.describe(settings.stall_unready_s),
                 **{name: section() for name, section in w.health.items()},
             }
-            return self.json(body, status=200 if ready else 503)
+            return self.json(body, status=200 if ready and not shadow else 503)
 
     @app.page("/metrics")
     class MetricsView(View):

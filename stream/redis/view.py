@@ -78,6 +78,7 @@ FIELDS = (
     "at_risk",
     "offset",
     "updated_at",
+    "map_version",
 )
 
 # Many customers per call: KEYS their hashes; ARGV[1] the TTL in ms; ARGV[1 + i]
@@ -143,6 +144,7 @@ def view_values(state: CustomerState, offset: int, now_ms: int) -> list[str]:
         "1" if drift is not None and drift.at_risk else "0",
         str(offset),
         str(now_ms),
+        state.map_version,
     ]
 
 
@@ -191,6 +193,20 @@ class ServingView(PartitionListener):
         self.up = True
         self._retry_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        self.paused = False  # a shadow group's worker writes no view (stream.redis.role)
+
+    def set_active(self, active: bool) -> None:
+        """Blue/green: a worker of the active group writes the view; one that
+        becomes active rewrites its partitions from the store (the other
+        group's values stay until then: nobody goes missing)."""
+        if self.paused == (not active):
+            return
+        self.paused = not active
+        self.pending.clear()
+        if active:
+            for p in self.owned:
+                self._rewrite_past(p, -1)
+            self.kick()
 
     def key(self, customer_id: str) -> str:
         return f"{self.prefix}{customer_id}"
@@ -202,7 +218,7 @@ class ServingView(PartitionListener):
         """A customer's latest state (None: erased), to be written soon. An
         alias of a merged id (``models.identity``) is served as erased: the
         customer it was merged into answers for it."""
-        if partition not in self.owned:
+        if partition not in self.owned or self.paused:
             return
         if state is not None and state.merged_into is not None:
             state = None
@@ -240,6 +256,8 @@ class ServingView(PartitionListener):
     async def flush(self) -> None:
         """Read the marks if due, write everything pending, rewrite what the
         marks say is missing, then raise the marks."""
+        if self.paused:
+            return
         try:
             if self.owned and self._due():
                 await self._check_marks()

@@ -7,6 +7,8 @@
     journey map check [FILE]       validate a journey map
     journey map diff OLD NEW       what changes from one map to another
     journey replay --map NEW       fold the retained touchpoints under NEW and the live map, side by side
+    journey groups [APP_ID...]     blue/green: the active group, and how far each is behind
+    journey promote APP_ID         blue/green: make a caught-up group the active one
     journey settings               the effective settings and their variables
 
 Every flag has an environment fallback, shown in ``--help``.
@@ -460,6 +462,67 @@ def replay(
     if out is not None:
         out.write_bytes(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2))
         click.echo(f"report written to {out}")
+
+
+@main.command()
+@click.argument("app_ids", nargs=-1)
+def groups(app_ids: tuple[str, ...]) -> None:
+    """Blue/green: which group is active, and how far each group (default:
+    JOURNEY_APP_ID) is behind the end of the touchpoints topic."""
+    import redis
+
+    from stream.redis.role import active_key
+    from stream.tools.kafka import group_offsets
+
+    settings = load_settings()
+    active = redis.Redis.from_url(settings.redis_url).get(active_key(settings))
+    named = active.decode() if isinstance(active, bytes) else None
+    click.echo(f"active group: {named or '(none named: each group by its JOURNEY_ROLE)'}")
+    for app_id in app_ids or (settings.app_id,):
+        offsets = group_offsets(settings, app_id, settings.touchpoints_topic)
+        done = sum(c or 0 for c, _ in offsets.values())
+        end = sum(e for _, e in offsets.values())
+        mark = "  (active)" if app_id == named else ""
+        click.echo(f"  {app_id:<24} {done:>12} of {end} records, {end - done} behind{mark}")
+
+
+@main.command()
+@click.argument("app_id")
+@click.option(
+    "--max-lag", default=500, type=click.IntRange(0), help="Records it may be behind", show_default=True
+)
+@click.option(
+    "--wait",
+    default=60.0,
+    type=click.FloatRange(0),
+    help="Seconds to wait for it to catch up",
+    show_default=True,
+)
+def promote(app_id: str, max_lag: int, wait: float) -> None:
+    """Blue/green: make APP_ID the active group once it has caught up.
+
+    Its workers write the serving view (rewriting it from their tables),
+    export the stage gauge and send nudges; the other group's stop within a
+    second (README "Blue/green"). The old group can be stopped afterwards.
+    """
+    import redis
+
+    from stream.redis.role import active_key
+    from stream.tools.kafka import group_lag
+
+    settings = load_settings()
+    deadline = time.monotonic() + wait
+    while True:
+        lag = group_lag(settings, app_id, settings.touchpoints_topic)
+        if lag is not None and lag <= max_lag:
+            break
+        behind = "has committed nothing yet" if lag is None else f"is {lag} records behind"
+        if time.monotonic() >= deadline:
+            _fail(f"group {app_id} {behind} (--max-lag {max_lag}); not promoted")
+        click.echo(f"group {app_id} {behind}; waiting", err=True)
+        time.sleep(1)
+    redis.Redis.from_url(settings.redis_url).set(active_key(settings), app_id)
+    click.echo(f"group {app_id} is active ({lag} records behind); the workers switch within a second")
 
 
 @main.command(name="settings")
