@@ -276,18 +276,7 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
                 continue
             refusal = link_refusal(current, ev)
             if refusal is not None:
-                out.refused.append((ev, "merge_refused", refusal))
-                outputs.append(
-                    IdentityRecord(
-                        "refused",
-                        merge_id(ev.anonymous_id, ev.known_id),
-                        ev.anonymous_id,
-                        ev.known_id,
-                        ev.at,
-                        anonymous_stage=current.stage if current is not None else None,
-                        reason=refusal,
-                    )
-                )
+                _refuse(out, ev, refusal, current.stage if current is not None else None)
                 continue
             mid = merge_id(ev.anonymous_id, ev.known_id)
             m = MergeRecord(mid, ev.anonymous_id, ev.known_id, ev.at, current)
@@ -407,17 +396,23 @@ def _to_alias(alias: CustomerState, ev: Item, out: CustomerFold) -> None:
     elif isinstance(ev, Link) and ev.known_id not in (root, cid):
         refusal = link_refusal(alias, ev)
         assert refusal is not None
-        out.refused.append((ev, "merge_refused", refusal))
-        out.outputs.append(
-            IdentityRecord(
-                "refused",
-                merge_id(ev.anonymous_id, ev.known_id),
-                ev.anonymous_id,
-                ev.known_id,
-                ev.at,
-                reason=refusal,
-            )
+        _refuse(out, ev, refusal, None)
+
+
+def _refuse(out: CustomerFold, link: Link, refusal: str, anonymous_stage: str | None) -> None:
+    """A link the guards refuse: dead-lettered by the planner (``merge_refused``) and audited."""
+    out.refused.append((link, "merge_refused", refusal))
+    out.outputs.append(
+        IdentityRecord(
+            "refused",
+            merge_id(link.anonymous_id, link.known_id),
+            link.anonymous_id,
+            link.known_id,
+            link.at,
+            anonymous_stage=anonymous_stage,
+            reason=refusal,
         )
+    )
 
 
 def _extras_moved(work: _Working, state: CustomerState | None) -> bool:
