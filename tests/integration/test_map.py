@@ -11,6 +11,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from stream.tools.kafka import ensure_topics, tracker_topics
@@ -109,6 +110,32 @@ def test_funnel_over_two_workers_and_the_map_in_a_browser(spawn: list[WorkerProc
         bn = final["bottleneck"]
         arrow = page.locator(f"[data-testid=conv-{bn['from']}-{bn['to']}]")
         assert "bottleneck" in (arrow.get_attribute("class") or "")
+        # A replay report (journey replay --out) opened on the page: the two maps side by side.
+        from models import load_map
+        from models.journey_map import parse_map
+        from stream.tools.replay import replay
+
+        text = (Path(__file__).resolve().parents[2] / "models" / "default_map.yaml").read_text()
+        new = parse_map(
+            text.replace(
+                "  - name: cart\n    enter_on: [add_to_cart, checkout_started]",
+                "  - name: basket\n    enter_on: [add_to_cart]\n"
+                "  - name: cart\n    enter_on: [checkout_started]",
+            ),
+            "new.yaml",
+        )
+        report = replay(s, load_map(), new).to_dict()
+        report_path = tmp_path / "replay.json"
+        report_path.write_bytes(orjson.dumps(report))
+        page.locator("[data-testid=replay] summary").click()
+        page.set_input_files("[data-testid=replay-file]", str(report_path))
+        cells = page.locator("[data-testid=replay-stage-basket] td")
+        cells.first.wait_for(timeout=10_000)
+        assert (
+            cells.nth(2).inner_text() == str(report["new"]["stages"]["basket"])
+            and cells.nth(1).inner_text() == "\u2013"  # the page's dash: the live map has no basket
+        )
+        assert report["new"]["stages"]["basket"] > 0
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "journey-map.png"), full_page=True)
         browser.close()
