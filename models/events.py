@@ -219,7 +219,7 @@ def parse_touchpoint(
         # Counting brackets is cheap; only a message with many walks the tree.
         if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth(props) > MAX_DEPTH:
             return Rejection("bad_field", f"properties nest deeper than {MAX_DEPTH} levels")
-        if b"_id" in raw:  # an identity link (models.identity) must be an id
+        if ANONYMOUS_ID in props or PREVIOUS_ID in props:  # an identity link (models.identity): an id
             for name in LINK_PROPERTIES:
                 value = props.get(name)
                 if value is not None:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from models.effects import Extras, deliver, forget_at, on_clock, on_event
-from models.events import ERASE_HEADER, Clock, Delivery, Erase, Touchpoint
+from models.events import ANONYMOUS_ID, ERASE_HEADER, PREVIOUS_ID, Clock, Delivery, Erase, Touchpoint
 from models.identity import (
     IDENTITY_CHANNEL,
     LINK_HEADER,
@@ -256,6 +256,30 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
     work: _Working | None = None
     transitions, outputs = out.transitions, out.outputs
     for ev in events:
+        if type(ev) is Touchpoint:  # the common case first (a final class: no subclass)
+            if work is None:
+                if base is None:
+                    work, entered = _Working.first(jmap, ev, outputs)  # a new customer
+                    transitions.append(entered)
+                    out.applied += 1
+                    if _links(ev):
+                        work.identity(ev, out)
+                    continue
+                if base.merged_into is not None:
+                    _to_alias(base, ev, out)  # an anonymous id merged into another customer
+                    continue
+                work = _Working(base, outputs)
+            digest = id_digest(ev.event_id)
+            if work.duplicate(digest):
+                out.duplicates += 1
+                continue
+            out.applied += 1
+            t = work.apply(jmap, ev, digest)
+            if t is not None:
+                transitions.append(t)
+            if _links(ev):
+                work.identity(ev, out)
+            continue
         if isinstance(ev, Erase):
             merged_ids = work.ids if work is not None else (base.ids if base is not None else ())
             if work is not None or base is not None:
@@ -352,29 +376,16 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
             if t is not None or len(outputs) != before or _extras_moved(work, base):
                 out.changed = True
             continue
-        if work is None:
-            if base is None:
-                work, t = _Working.first(jmap, ev, outputs)  # a new customer
-                transitions.append(t)
-                out.applied += 1
-                if ev.properties is not None or ev.type == IDENTIFY:
-                    work.identity(ev, out)
-                continue
-            work = _Working(base, outputs)
-        digest = id_digest(ev.event_id)
-        if work.duplicate(digest):
-            out.duplicates += 1
-            continue
-        out.applied += 1
-        t = work.apply(jmap, ev, digest)
-        if t is not None:
-            transitions.append(t)
-        if ev.properties is not None or ev.type == IDENTIFY:
-            work.identity(ev, out)
     if work is not None and (out.applied or out.changed):
         out.changed = True
         out.state = work.freeze(jmap.version)
     return out
+
+
+def _links(ev: Touchpoint) -> bool:
+    """Whether an event has an identity part: an identify event, or a link property."""
+    props = ev.properties
+    return ev.type == IDENTIFY or (props is not None and (ANONYMOUS_ID in props or PREVIOUS_ID in props))
 
 
 def _to_alias(alias: CustomerState, ev: Item, out: CustomerFold) -> None:
