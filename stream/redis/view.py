@@ -86,6 +86,9 @@ FIELDS = (
 # the offset: delete).
 # Each hash is replaced only if its stored offset is not newer. One call per
 # few hundred customers: packing a command per customer cost more than the rest.
+# Blue/green: how long a newly active worker waits before rewriting the view
+# (the other group's workers stop writing within a second of the switch).
+REWRITE_AFTER_S = 2.5
 SEP = "\x1f"  # never in a value: stage and channel names are [a-z0-9_], the rest digits
 _SCRIPT = """
 local names = {NAMES}
@@ -197,16 +200,23 @@ class ServingView(PartitionListener):
 
     def set_active(self, active: bool) -> None:
         """Blue/green: a worker of the active group writes the view; one that
-        becomes active rewrites its partitions from the store (the other
-        group's values stay until then: nobody goes missing)."""
+        becomes active rewrites its partitions from the store REWRITE_AFTER_S
+        later, once the other group's workers (which read the switch within a
+        second) have stopped writing, so its values are the last word. The
+        other group's values stay until then: nobody goes missing."""
         if self.paused == (not active):
             return
         self.paused = not active
         self.pending.clear()
         if active:
-            for p in self.owned:
-                self._rewrite_past(p, -1)
-            self.kick()
+            asyncio.get_running_loop().call_later(REWRITE_AFTER_S, self._rewrite_all)
+
+    def _rewrite_all(self) -> None:
+        if self.paused:
+            return
+        for p in self.owned:
+            self._rewrite_past(p, -1)
+        self.kick()
 
     def key(self, customer_id: str) -> str:
         return f"{self.prefix}{customer_id}"
@@ -314,7 +324,8 @@ class ServingView(PartitionListener):
                     written,
                 )
                 return
-            newer = [(s.customer_id, o, s) for o, s in chunk if o > after]
+            # an alias of a merged id is served as absent (its customer answers for it)
+            newer = [(s.customer_id, o, None if s.merged_into else s) for o, s in chunk if o > after]
             if newer:
                 await self._write(newer)
             written += len(newer)

@@ -112,7 +112,7 @@ def test_a_blue_green_switch_under_load_never_loses_a_customer(
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     wait_for("blue to serve the first customers", lambda: len(sent) > 50 and view.dbsize() > 0)
-    time.sleep(6)
+    time.sleep(5)
     watching.set()
 
     # The shadow starts from the beginning of the topic and catches up.
@@ -137,7 +137,7 @@ def test_a_blue_green_switch_under_load_never_loses_a_customer(
     assert promoted.returncode == 0, promoted.stderr
     wait_for("green active", lambda: g.request("GET", "/health?active=1")[0] == 200, timeout=10)
     wait_for("blue a shadow", lambda: b.request("GET", "/health?active=1")[0] == 503, timeout=10)
-    time.sleep(8)  # the load goes on through the switch and after it
+    time.sleep(5)  # the load goes on through the switch and after it
     stop.set()
     loader.join()
     watcher.join()
