@@ -98,6 +98,7 @@ class NudgeDispatcher(PartitionListener):
         self._rescanning: int | None = None
         self.owned: set[int] = set()
         self.sending = True  # False in a shadow group's worker (set_active)
+        self._delivery_headers = (*DELIVERY_HEADERS, (GROUP_HEADER, settings.app_id.encode()))
         self.promoted: set[int] = set()  # rescanned because the group became active: not a spill
         self.scan = scan
         metrics.nudge_gate_up.set(1)
@@ -325,8 +326,13 @@ class NudgeDispatcher(PartitionListener):
     def _add_delivery(self, out: PartitionBatches, p: Pending, claim: Claim) -> None:
         n = p.nudge
         record = Delivery(n.customer_id, n.nudge_id, claim.decision).to_json()
-        headers = (*DELIVERY_HEADERS, (GROUP_HEADER, self._settings.app_id.encode()))
-        out.add(self._settings.touchpoints_topic, p.partition, n.customer_id.encode(), record, headers)
+        out.add(
+            self._settings.touchpoints_topic,
+            p.partition,
+            n.customer_id.encode(),
+            record,
+            self._delivery_headers,
+        )
 
     def forget(self, customer_id: str) -> None:
         """Drop an erased customer's waiting nudges."""

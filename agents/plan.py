@@ -114,6 +114,15 @@ def _foreign(headers: Sequence[tuple[str, bytes]], group: bytes) -> bool:
     return False
 
 
+def dlq_headers(reason: str, detail: str, source: str) -> list[tuple[str, bytes]]:
+    """The headers of a dead letter (README "The event contract")."""
+    return [
+        ("journey.dlq.reason", reason.encode()),
+        ("journey.dlq.detail", detail.encode()),
+        ("journey.dlq.source", source.encode()),
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A refused record and why."""
@@ -127,11 +136,7 @@ class DeadLetter:
         return f"{self.record.topic}:{self.record.partition}:{self.record.offset}"
 
     def headers(self) -> list[tuple[str, bytes]]:
-        return [
-            ("journey.dlq.reason", self.reason.encode()),
-            ("journey.dlq.detail", self.detail.encode()),
-            ("journey.dlq.source", self.source.encode()),
-        ]
+        return dlq_headers(self.reason, self.detail, self.source)
 
 
 @dataclass(frozen=True, slots=True)

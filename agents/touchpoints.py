@@ -44,7 +44,7 @@ from agents.nudges import NudgeDispatcher
 from agents.plan import BatchPlan, plan_batch
 from models.events import GROUP_HEADER
 from models.journey_map import JourneyMap
-from models.outputs import ChurnRisk, Nudge, StallRecord
+from models.outputs import ChurnRisk, IdentityRecord, Nudge, StallRecord
 from stream.engine.batching import NewBatches, PartitionBatches, Sent
 from stream.engine.deadlines import DeadlineIndex
 from stream.engine.metrics import TrackerMetrics
@@ -275,13 +275,14 @@ class TouchpointsAgent:
             duplicates += u.fold.duplicates
             merged += u.fold.merges
             rekeyed += u.fold.rekeyed
-            refused += len(u.fold.refused)
             for t in u.fold.transitions:
                 moves[(t.from_stage or "none", t.to_stage)] += 1
                 if t.from_stage is not None and t.previous_stage_ms is not None:
                     durations.setdefault(t.from_stage, []).append(t.previous_stage_ms / 1000)
             for o in u.fold.outputs:
-                if isinstance(o, StallRecord):
+                if isinstance(o, IdentityRecord):
+                    refused += o.outcome == "refused"  # the guards' and the id bound's alike
+                elif isinstance(o, StallRecord):
                     stalls[o.stage] += 1
                 elif isinstance(o, ChurnRisk):
                     churn_risks += 1

@@ -259,7 +259,7 @@ class Clock:
         return orjson.dumps({"clock": self.now, "customer_id": self.customer_id})
 
 
-def _json_object(raw: bytes | None, what: str) -> dict[str, Any] | Rejection:
+def json_object(raw: bytes | None, what: str) -> dict[str, Any] | Rejection:
     """A record's value as a JSON object, or why it is not one."""
     try:
         obj = orjson.loads(raw or b"")
@@ -273,7 +273,7 @@ def _json_object(raw: bytes | None, what: str) -> dict[str, Any] | Rejection:
 def parse_clock(raw: bytes | None, key: bytes | None, not_after: int | None = None) -> Clock | Rejection:
     """Validate a clock record (one with the :data:`CLOCK_HEADER` header);
     ``not_after`` as for :func:`parse_touchpoint`."""
-    obj = _json_object(raw, "a clock record")
+    obj = json_object(raw, "a clock record")
     if isinstance(obj, Rejection):
         return obj
     now, cid = obj.get("clock"), obj.get("customer_id")
@@ -310,7 +310,7 @@ class Erase:
 
 def parse_erase(raw: bytes | None, key: bytes | None) -> Erase | Rejection:
     """Validate an erasure record (one with the :data:`ERASE_HEADER` header)."""
-    obj = _json_object(raw, "an erasure record")
+    obj = json_object(raw, "an erasure record")
     if isinstance(obj, Rejection):
         return obj
     cid, eid, at = obj.get("erase"), obj.get("erasure_id"), obj.get("at")
@@ -353,7 +353,7 @@ class Delivery:
 
 def parse_delivery(raw: bytes | None, key: bytes | None) -> Delivery | Rejection:
     """Validate a delivery record (one with the :data:`DELIVERY_HEADER` header)."""
-    obj = _json_object(raw, "a delivery record")
+    obj = json_object(raw, "a delivery record")
     if isinstance(obj, Rejection):
         return obj
     cid, nid, what = obj.get("customer_id"), obj.get("nudge_id"), obj.get("delivery")

@@ -40,7 +40,15 @@ from typing import Final
 import msgspec
 import orjson
 
-from models.events import ANONYMOUS_ID, PREVIOUS_ID, Erase, Rejection, Touchpoint, id_problem
+from models.events import (
+    ANONYMOUS_ID,
+    PREVIOUS_ID,
+    Erase,
+    Rejection,
+    Touchpoint,
+    id_problem,
+    json_object,
+)
 from models.journey_map import IDENTIFY, JourneyMap
 from models.outputs import Recovered, stable_id
 from models.state import (
@@ -123,12 +131,9 @@ def encode_merge(m: MergeRecord) -> bytes:
 
 def parse_link(raw: bytes | None, key: bytes | None) -> Link | Rejection:
     """Validate a link record (one with the :data:`LINK_HEADER` header)."""
-    try:
-        obj = orjson.loads(raw or b"")
-    except orjson.JSONDecodeError as exc:
-        return Rejection("not_json", str(exc)[:200])
-    if not isinstance(obj, dict):
-        return Rejection("not_object", "a link record must be a JSON object")
+    obj = json_object(raw, "a link record")
+    if isinstance(obj, Rejection):
+        return obj
     anon, known, at = obj.get("link"), obj.get("known"), obj.get("at")
     problem = id_problem(anon, "link") or id_problem(known, "known")
     if problem is not None:
@@ -170,8 +175,8 @@ def parse_merge(raw: bytes | None, key: bytes | None, jmap: JourneyMap) -> Merge
 
 def link_refusal(state: CustomerState | None, link: Link) -> str | None:
     """Why the owner of ``link.anonymous_id`` (in ``state``) refuses to merge
-    it into ``link.known_id``, or None to merge (or to do nothing: see
-    :func:`link_is_noop`)."""
+    it into ``link.known_id``, or None to merge (or to do nothing: it is
+    merged into that customer already)."""
     if state is None:
         return None
     if state.merged_into is not None:
@@ -180,15 +185,7 @@ def link_refusal(state: CustomerState | None, link: Link) -> str | None:
         return f"{link.anonymous_id!r} is merged into another customer already"
     if state.known or state.ids:
         return "both ids are known: two known customers are never merged"
-    if len(state.ids) >= MAX_IDS:  # pragma: no cover - a known state is refused above
-        return f"a customer holds at most {MAX_IDS} ids"
     return None
-
-
-def _rank(jmap: JourneyMap, s: CustomerState) -> tuple[int, int]:
-    """Order of stages for the merge rule: exit stages below every other."""
-    st = jmap.stage_by_name[s.stage]
-    return (0 if st.exit else 1, st.index)
 
 
 def merged_stage(jmap: JourneyMap, known: CustomerState, anon: CustomerState) -> tuple[str, int]:
@@ -213,7 +210,9 @@ def merged_stage(jmap: JourneyMap, known: CustomerState, anon: CustomerState) ->
     if k_exit:  # both exit stages
         later = known if known.stage_entered_at >= anon.stage_entered_at else anon
         return later.stage, later.stage_entered_at
-    win = known if _rank(jmap, known) >= _rank(jmap, anon) else anon
+    # neither side in an exit stage: the further stage along the map
+    index = jmap.stage_by_name
+    win = known if index[known.stage].index >= index[anon.stage].index else anon
     return win.stage, win.stage_entered_at
 
 

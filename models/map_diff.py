@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from models.journey_map import JourneyMap
+from models.map_reader import format_duration
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +51,7 @@ def _show(v: Any) -> str:
 
 
 def _seconds(s: int | None) -> str | None:
-    if s is None:
-        return None
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s % n == 0:
-            return f"{s // n}{unit}"
-    return f"{s}s"
+    return None if s is None else format_duration(s)
 
 
 def _fields(section: str, old: Any, new: Any, prefix: str = "") -> list[Change]:

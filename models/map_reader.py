@@ -36,6 +36,14 @@ def parse_duration(text: str) -> int | None:
     return seconds if seconds <= MAX_DURATION_S else None
 
 
+def format_duration(seconds: int) -> str:
+    """The inverse of :func:`parse_duration`: the largest unit that divides it."""
+    unit, size = next(
+        (u, n) for u, n in sorted(_UNIT_SECONDS.items(), key=lambda u: -u[1]) if seconds % n == 0
+    )
+    return f"{seconds // size}{unit}"
+
+
 class Reader:
     """Walks the composed YAML node tree, raising MapError with line numbers."""
 

@@ -231,19 +231,10 @@ class _Working:
         if linked is None or linked in self.ids:
             return
         self.known = True
-        if len(self.ids) >= MAX_IDS:
-            out.outputs.append(
-                IdentityRecord(
-                    "refused",
-                    merge_id(linked, self.customer_id),
-                    linked,
-                    self.customer_id,
-                    ev.ts,
-                    reason=f"a customer holds at most {MAX_IDS} ids",
-                )
-            )
-            return
         link = Link(linked, self.customer_id, ev.ts)
+        if len(self.ids) >= MAX_IDS:  # audited; nothing to dead-letter: the event itself was applied
+            out.outputs.append(_refusal(link, f"a customer holds at most {MAX_IDS} ids", None))
+            return
         out.forwards.append(Forward(linked, link, LINK_HEADER))
 
 
@@ -413,16 +404,19 @@ def _to_alias(alias: CustomerState, ev: Item, out: CustomerFold) -> None:
 def _refuse(out: CustomerFold, link: Link, refusal: str, anonymous_stage: str | None) -> None:
     """A link the guards refuse: dead-lettered by the planner (``merge_refused``) and audited."""
     out.refused.append((link, "merge_refused", refusal))
-    out.outputs.append(
-        IdentityRecord(
-            "refused",
-            merge_id(link.anonymous_id, link.known_id),
-            link.anonymous_id,
-            link.known_id,
-            link.at,
-            anonymous_stage=anonymous_stage,
-            reason=refusal,
-        )
+    out.outputs.append(_refusal(link, refusal, anonymous_stage))
+
+
+def _refusal(link: Link, reason: str, anonymous_stage: str | None) -> IdentityRecord:
+    """The audit record of a refused link."""
+    return IdentityRecord(
+        "refused",
+        merge_id(link.anonymous_id, link.known_id),
+        link.anonymous_id,
+        link.known_id,
+        link.at,
+        anonymous_stage=anonymous_stage,
+        reason=reason,
     )
 
 

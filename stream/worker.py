@@ -235,11 +235,7 @@ def build_worker(
 
     # Blue/green: which group is active (stream.redis.role), read each second.
     role = GroupRole(settings)
-
-    def gauge_role(active: bool) -> None:
-        stage_counts.shadow = not active
-
-    role.listeners += [nudges.set_active, gauge_role]
+    role.listeners += [nudges.set_active, stage_counts.set_active]
     if view is not None:
         role.listeners.append(view.set_active)
     for listener in role.listeners:  # the role without the key, until the first reading

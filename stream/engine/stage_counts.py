@@ -116,6 +116,10 @@ class StageCounts(Collector, PartitionListener):
         self.shadow = False  # blue/green: a shadow group exports its gauge under the shadow name
         self._parts: dict[int, Figures] = {}
 
+    def set_active(self, active: bool) -> None:
+        """Blue/green (``stream.redis.role``): a shadow group's gauge has the shadow name."""
+        self.shadow = not active
+
     @property
     def pairs(self) -> tuple[tuple[str, str], ...]:
         return self._pairs

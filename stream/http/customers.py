@@ -122,38 +122,40 @@ def register(w: Worker) -> None:
             partition = key_partition(key, settings.partitions)
             if partition not in w.active_partitions():
                 return await forward_to_owner(w, self, request, partition)
-            raw = w.store.get(partition, key)
-            if raw is None:
-                return self.json({"error": "unknown customer", "customer_id": customer_id}, status=404)
-            _, state = decode_stored(raw)
-            root = state.merged_into
             merged_from = request.query.get("merged_from")
-            if root is None:
-                body = state.to_api()
-                if merged_from is not None and id_problem(merged_from, "merged_from") is None:
-                    body["merged_from"] = merged_from  # asked by the owner of that merged id
-                return self.json(body)
+            if merged_from is not None and id_problem(merged_from, "merged_from") is not None:
+                merged_from = None
+            root = self._read(partition, key, merged_from)
+            if not isinstance(root, str):
+                return root
             # A merged anonymous id: the customer it was merged into answers,
             # and says so (models.identity). A chain is resolved by the stream
             # (merges are sent on to the end of it), never followed here.
             if merged_from is not None:
-                return self.json({"error": "unknown customer", "customer_id": customer_id}, status=404)
+                return self.json({"error": "unknown customer", "customer_id": merged_from}, status=404)
             root_key = root.encode()
             root_partition = key_partition(root_key, settings.partitions)
             if root_partition not in w.active_partitions():
                 path = f"/customers/{quote(root, safe='')}?merged_from={quote(customer_id, safe='')}"
                 return await forward_to_owner(w, self, request, root_partition, path)
-            return self._merged(root_partition, root_key, customer_id)
+            answer = self._read(root_partition, root_key, customer_id)
+            if isinstance(answer, str):  # the customer it names is itself merged: not followed
+                return self.json({"error": "unknown customer", "customer_id": customer_id}, status=404)
+            return answer
 
-        def _merged(self, partition: int, key: bytes, merged_from: str) -> Response:
+        def _read(self, partition: int, key: bytes, merged_from: str | None = None) -> Response | str:
+            """The stored customer's answer (with ``merged_from`` when asked for
+            through that id), a 404 for nobody, or the id an alias points to."""
             raw = w.store.get(partition, key)
             if raw is None:
-                return self.json({"error": "unknown customer", "customer_id": merged_from}, status=404)
+                asked = merged_from if merged_from is not None else key.decode()
+                return self.json({"error": "unknown customer", "customer_id": asked}, status=404)
             _, state = decode_stored(raw)
             if state.merged_into is not None:
-                return self.json({"error": "unknown customer", "customer_id": merged_from}, status=404)
+                return state.merged_into
             body = state.to_api()
-            body["merged_from"] = merged_from
+            if merged_from is not None:
+                body["merged_from"] = merged_from
             return self.json(body)
 
         async def delete(self, request: Request, customer_id: str) -> Response:

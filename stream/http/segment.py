@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 from faust.web import Request, Response, View
 
+from agents.plan import dlq_headers
 from models.events import Rejection, parse_touchpoint
 from models.segment import from_segment
 from models.timeutil import ms_to_iso
@@ -103,10 +104,12 @@ def register(w: Worker) -> None:
                 return _error(self, 404, "not_found", f"no /v1/{call[:32]}: one of {', '.join(CALLS)}")
             raw_request: Any = request
             if not authorized(settings.write_key, raw_request.headers.get("Authorization", "")):
-                return self.json(
-                    {"success": False, "code": "unauthorized", "message": "send the write key as Basic auth"},
-                    status=401,
-                    headers={"WWW-Authenticate": 'Basic realm="journey"'},
+                return _error(
+                    self,
+                    401,
+                    "unauthorized",
+                    "send the write key as Basic auth",
+                    **{"WWW-Authenticate": 'Basic realm="journey"'},
                 )
             limit = MAX_BATCH_BYTES if call == "batch" else MAX_CALL_BYTES
             body = await read_limited(request, limit)
@@ -168,11 +171,7 @@ def register(w: Worker) -> None:
                             )
                 if isinstance(parsed, Rejection):
                     rejected += 1
-                    headers = [
-                        ("journey.dlq.reason", parsed.reason.encode()),
-                        ("journey.dlq.detail", parsed.detail.encode()),
-                        ("journey.dlq.source", f"http:/v1/{call}:{i}".encode()),
-                    ]
+                    headers = dlq_headers(parsed.reason, parsed.detail, f"http:/v1/{call}:{i}")
                     out.add(settings.dlq_topic, i % settings.partitions, None, original, headers)
                     continue
                 key = parsed.customer_id.encode()

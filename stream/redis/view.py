@@ -230,8 +230,6 @@ class ServingView(PartitionListener):
         customer it was merged into answers for it."""
         if partition not in self.owned or self.paused:
             return
-        if state is not None and state.merged_into is not None:
-            state = None
         self.pending[customer_id] = Pending(partition, offset, state)
         if offset > self._through.get(partition, -1):
             self._through[partition] = offset
@@ -324,8 +322,7 @@ class ServingView(PartitionListener):
                     written,
                 )
                 return
-            # an alias of a merged id is served as absent (its customer answers for it)
-            newer = [(s.customer_id, o, None if s.merged_into else s) for o, s in chunk if o > after]
+            newer = [(s.customer_id, o, s) for o, s in chunk if o > after]
             if newer:
                 await self._write(newer)
             written += len(newer)
@@ -355,7 +352,11 @@ class ServingView(PartitionListener):
             for cid, offset, state in items[start : start + PER_CALL]:
                 keys.append(prefix + cid)
                 o = str(offset)
-                records.append(o if state is None else join([o, *view_values(state, offset, now)]))
+                # an alias of a merged id (models.identity) is served as absent: its customer answers for it
+                if state is None or state.merged_into is not None:
+                    records.append(o)
+                else:
+                    records.append(join([o, *view_values(state, offset, now)]))
             calls.append((sha, len(keys), *keys, self._ttl_ms, *records))
 
         async def send() -> None:

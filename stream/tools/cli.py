@@ -56,11 +56,14 @@ class JourneyGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         from kafka.errors import KafkaError
+        from redis.exceptions import RedisError
 
         try:
             return super().invoke(ctx)
         except JourneyError as exc:
             _fail(str(exc))
+        except RedisError as exc:
+            _fail(f"Redis: {exc} (is it running? deploy/local/stack.sh up)")
         except KafkaError as exc:
             try:
                 broker = Settings().broker
@@ -427,7 +430,7 @@ def map_diff(old: Path, new: Path, as_json: bool) -> None:
     "live_map",
     type=click.Path(path_type=Path),
     default=None,
-    help="The map to compare with (default: JOURNEY_MAP, the live one)",
+    help="The map to compare with (default: JOURNEY_MAP_PATH, the live one)",
 )
 @click.option("--from", "since", default=None, help="Replay from this time (ISO-8601 with a zone) on")
 @click.option("--at", "at", default=None, help="Judge stalls and defections as of this time (default: now)")
@@ -458,9 +461,10 @@ def replay(
                 _fail(f"{name} must be ISO-8601 with a zone, e.g. 2026-12-01T00:00:00Z")
             times[name] = ms
     report = run(settings, live, new, since_ms=times.get("--from"), at_ms=times.get("--at"), sample=sample)
-    click.echo(render(report))
+    figures = report.to_dict()  # folds every state through the funnel counts: once
+    click.echo(render(figures))
     if out is not None:
-        out.write_bytes(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2))
+        out.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
         click.echo(f"report written to {out}")
 
 

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.plan import MOVED_HEADER
 from models.events import (
     CLOCK_HEADER,
     DELIVERY_HEADER,
@@ -45,12 +46,10 @@ from models.reducer import LinkedFold
 from models.state import CustomerState, Transition
 from models.timeutil import ms_to_iso
 from stream.settings import Settings
-from stream.tools.kafka import Record
+from stream.tools.kafka import Record, read_topic
 
 # The worker's own records and copies: each fold makes its own from the events.
-SKIPPED = frozenset(
-    (CLOCK_HEADER, DELIVERY_HEADER, LINK_HEADER, MERGE_HEADER, REKEYED_HEADER, "journey-moved-from")
-)
+SKIPPED = frozenset((CLOCK_HEADER, DELIVERY_HEADER, LINK_HEADER, MERGE_HEADER, REKEYED_HEADER, MOVED_HEADER))
 
 
 @dataclass(slots=True)
@@ -134,21 +133,13 @@ def replay(
     since_ms: int | None = None,
     at_ms: int | None = None,
     sample: int = 20,
-    records: Any = None,
 ) -> Report:
-    """Fold the retained touchpoints under ``live`` and ``new``; ``records``
-    (an iterable of ``stream.tools.kafka.Record``) instead of the topic, for tests."""
-    from stream.tools.kafka import read_topic
-
+    """Fold the retained touchpoints under ``live`` and ``new``."""
     started = time.perf_counter()
     a, b = MapResult(live, LinkedFold(live)), MapResult(new, LinkedFold(new))
     report = Report(a, b, since=ms_to_iso(since_ms) if since_ms is not None else None)
-    source = (
-        records
-        if records is not None
-        else in_append_order(
-            read_topic(settings, settings.touchpoints_topic, timeout_s=None, since_ms=since_ms)
-        )
+    source = in_append_order(
+        read_topic(settings, settings.touchpoints_topic, timeout_s=None, since_ms=since_ms)
     )
     limit = settings.max_event_bytes
     for rec in source:
@@ -218,9 +209,8 @@ def _sample(report: Report, limit: int) -> None:
             )
 
 
-def render(report: Report) -> str:
-    """The report as a terminal table."""
-    d = report.to_dict()
+def render(d: dict[str, Any]) -> str:
+    """A report (:meth:`Report.to_dict`) as a terminal table."""
     live, new = d["live"], d["new"]
     lines = [
         f"replayed {d['records']} records ({d['events']} events, "
