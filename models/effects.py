@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models import drift as scoring
-from models.events import Touchpoint
+from models.events import OddsReading, Touchpoint
 from models.journey_map import JourneyMap, Stage
 from models.nudges import decide, remember
-from models.outputs import ChurnRisk, NudgeOutcome, Output, Recovered, StallRecord, stable_id
+from models.outputs import ChurnRisk, NudgeOutcome, OddsDue, Output, Recovered, StallRecord, stable_id
 from models.rules import Trigger
 from models.state import CustomerState, Drift, NudgeRef, Stall
 
@@ -46,6 +46,11 @@ class Extras:
     drift: Drift | None = None
     nudges: tuple[NudgeRef, ...] = ()
     outputs: list[Output] = field(default_factory=list)
+    tz: str = ""  # the customer's zone: a nudge carries it (quiet hours, daily caps)
+    # low_odds policies: the stage visit (its entry time) whose odds reading
+    # was applied, and when the core last asked for one (models.outputs.OddsDue).
+    odds_checked: int = -1
+    odds_asked: int = 0
 
 
 def _nudge(
@@ -58,7 +63,7 @@ def _nudge(
     at: int,
     reason: dict[str, Any],
 ) -> None:
-    decided = decide(jmap, trigger, stage, cid, key, at, reason)
+    decided = decide(jmap, trigger, stage, cid, key, at, reason, x.tz)
     if decided is not None:
         nudge, ref = decided
         before = x.nudges
@@ -172,10 +177,30 @@ def _signals_reason(d: Drift) -> dict[str, Any]:
     return {"score": round(d.score, 3), "signals": [n for n, _, _ in d.signals]}
 
 
-def next_deadline(jmap: JourneyMap, stage: str, last_event_at: int, x: Extras) -> int | None:
-    """The earliest time a clock reading can change this customer, or None."""
+# How long the core waits for an odds reading before it asks again (the
+# worker keeps the questions in memory: a restart loses them, this does not).
+ODDS_RETRY_MS = 60_000
+
+
+def _odds_check(jmap: JourneyMap, stage: str, entered: int, x: Extras) -> int | None:
+    """When a low_odds policy wants this stage visit's odds, or None."""
+    policy = jmap.nudges.for_trigger("low_odds", stage)
+    if policy is None or policy.after_s is None or x.odds_checked == entered:
+        return None
+    return max(entered + policy.after_s * 1000, x.odds_asked + ODDS_RETRY_MS)
+
+
+def next_deadline(
+    jmap: JourneyMap, stage: str, last_event_at: int, x: Extras, entered: int | None = None
+) -> int | None:
+    """The earliest time a clock reading can change this customer, or None
+    (``entered``: when they entered ``stage``, for the low_odds checkpoint)."""
     due: list[int] = []
     st = jmap.stage_by_name[stage]
+    if entered is not None:
+        check = _odds_check(jmap, stage, entered, x)
+        if check is not None:
+            due.append(check)
     if st.stall_after_s is not None and x.stall is None:
         due.append(last_event_at + st.stall_after_s * 1000)
     rules = jmap.drift
@@ -222,6 +247,10 @@ def on_clock(
                     now,
                     {"episode_id": episode, "since": stage_entered_at},
                 )
+    check = _odds_check(jmap, stage, stage_entered_at, x)
+    if check is not None and now >= check:
+        x.odds_asked = now
+        x.outputs.append(OddsDue(cid, stage, stage_entered_at, now))
     _close_nudges(x, cid, now, lambda r: False)
     rules = jmap.drift
     if rules is None or x.drift is None or st.exit:
@@ -252,10 +281,25 @@ def on_clock(
     return None
 
 
+def on_odds(jmap: JourneyMap, x: Extras, cid: str, stage: str, entered: int, reading: OddsReading) -> None:
+    """Apply an odds reading: for the current stage visit only, once; a
+    nudge if a low_odds policy's bar is above the odds."""
+    if reading.stage != stage or reading.visit != entered or x.odds_checked == entered:
+        return
+    x.odds_checked = entered
+    policy = jmap.nudges.for_trigger("low_odds", stage)
+    p = reading.probability
+    if policy is None or policy.below is None or p is None or p >= policy.below:
+        return
+    reason = {"odds": round(p, 4), "below": policy.below, "since": entered}
+    _nudge(jmap, x, "low_odds", stage, cid, f"odds:{entered}", reading.at, reason)
+
+
 def deadline_of(jmap: JourneyMap, state: CustomerState) -> int | None:
     """:func:`next_deadline` of a stored state (an alias of a merged id has none)."""
     if state.merged_into is not None:
         return None
-    return next_deadline(
-        jmap, state.stage, state.last_event_at, Extras(state.stall, state.drift, state.nudges)
+    x = Extras(
+        state.stall, state.drift, state.nudges, odds_checked=state.odds_checked, odds_asked=state.odds_asked
     )
+    return next_deadline(jmap, state.stage, state.last_event_at, x, state.stage_entered_at)

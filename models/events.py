@@ -21,7 +21,7 @@ import msgspec
 import orjson
 
 from models.journey_map import JourneyMap
-from models.timeutil import MAX_MS, MIN_MS, in_range, iso_to_ms, ms_to_iso
+from models.timeutil import MAX_MS, MIN_MS, in_range, is_zone, iso_to_ms, ms_to_iso
 
 MAX_ID_LEN: Final = 128
 DEFAULT_MAX_BYTES: Final = 64 * 1024
@@ -60,6 +60,8 @@ MAX_DEPTH: Final = 32
 PREVIOUS_ID: Final = "previous_id"
 ANONYMOUS_ID: Final = "anonymous_id"
 LINK_PROPERTIES: Final = (PREVIOUS_ID, ANONYMOUS_ID)
+# The customer's IANA time zone (quiet hours and daily caps, models.nudges).
+TZ: Final = "tz"
 
 _REQUIRED: Final = ("event_id", "customer_id", "type", "channel", "timestamp")
 
@@ -226,6 +228,8 @@ def parse_touchpoint(
                     problem = id_problem(value, f"properties.{name}")
                     if problem is not None:
                         return Rejection("bad_field", problem)
+        if TZ in props and not is_zone(props[TZ]):
+            return Rejection("bad_field", "properties.tz must be an IANA time zone name, like Europe/Berlin")
 
     if key is not False and key != customer_id.encode():
         return Rejection("key_mismatch", "the message key must be the customer_id")
@@ -366,3 +370,55 @@ def parse_delivery(raw: bytes | None, key: bytes | None) -> Delivery | Rejection
     if key is not None and key != cid.encode():
         return Rejection("key_mismatch", "the message key must be the customer_id")
     return Delivery(cid, nid, what)
+
+
+# An odds reading: the worker's estimate of a customer's next-stage odds
+# (models.insight.next_stage), asked for by the core at a low_odds policy's
+# checkpoint (models.outputs.OddsDue) and sent back through the touchpoints
+# topic with this header, so the core decides the nudge in order with the
+# customer's events and the table stays a plain fold of the topic.
+ODDS_HEADER: Final = "journey-odds"
+
+
+@dataclass(frozen=True, slots=True)
+class OddsReading:
+    """A customer's next-stage odds, read for one stage visit (``visit``: when they entered it)."""
+
+    customer_id: str
+    stage: str
+    visit: int
+    probability: float | None  # None: no estimate (no evidence yet)
+    at: int
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "odds": self.probability,
+                "stage": self.stage,
+                "visit": self.visit,
+                "at": self.at,
+                "customer_id": self.customer_id,
+            }
+        )
+
+
+def parse_odds(raw: bytes | None, key: bytes | None) -> OddsReading | Rejection:
+    """Validate an odds reading (one with the :data:`ODDS_HEADER` header)."""
+    obj = json_object(raw, "an odds reading")
+    if isinstance(obj, Rejection):
+        return obj
+    cid, stage, visit, p, at = (obj.get(k) for k in ("customer_id", "stage", "visit", "odds", "at"))
+    problem = id_problem(cid, "customer_id")
+    if problem is not None:
+        return Rejection("bad_field", problem)
+    if not isinstance(stage, str) or len(stage) > 64:
+        return Rejection("bad_field", "stage must be a stage name")
+    for name, v in (("visit", visit), ("at", at)):
+        if isinstance(v, bool) or not isinstance(v, int) or not in_range(v):
+            return Rejection("bad_field", f"{name} must be epoch milliseconds in the tracker's time range")
+    if p is not None and (isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1):
+        return Rejection("bad_field", "odds must be a probability from 0 to 1, or null")
+    assert isinstance(cid, str) and isinstance(visit, int) and isinstance(at, int)
+    if key is not None and key != cid.encode():
+        return Rejection("key_mismatch", "the message key must be the customer_id")
+    return OddsReading(cid, stage, visit, None if p is None else float(p), at)

@@ -52,6 +52,7 @@ from models.events import (
 from models.journey_map import IDENTIFY, JourneyMap
 from models.outputs import Recovered, stable_id
 from models.state import (
+    AFTER_STALL_KEPT,
     DEDUP_WINDOW,
     ID_DIGEST_BYTES,
     NUDGES_KEPT,
@@ -299,9 +300,7 @@ def merge_states(
         stages[s] = min(at, stages.get(s, at))
     stages = dict(sorted(stages.items(), key=lambda kv: (kv[1], jmap.stage_by_name[kv[0]].index)))
     first = anon if anon.first_touch_at < known.first_touch_at else known
-    counts = dict(known.type_counts)
-    for t, n in anon.type_counts.items():
-        counts[t] = counts.get(t, 0) + n
+    counts = _summed(known.type_counts, anon.type_counts)
     stall = _stall(stage, known.stall, anon.stall)
     recovered = tuple(
         Recovered(s.episode_id, cid, s.stage, stage, m.at, m.merge_id)
@@ -325,8 +324,20 @@ def merge_states(
         known=True,
         ids=ids,
         map_version=jmap.version,
+        dims={**anon.dims, **known.dims},
+        tz=known.tz or anon.tz,
+        flows=_summed(known.flows, anon.flows),
+        after_stall=(*anon.after_stall, *known.after_stall)[-AFTER_STALL_KEPT:],
+        outcomes=_summed(known.outcomes, anon.outcomes),
     )
     return Merged(state, recovered)
+
+
+def _summed(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for k, n in b.items():
+        out[k] = out.get(k, 0) + n
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,8 @@ node tree still knows its line numbers, so every problem is reported as
     drift: {...}                  # optional: drift scoring (models.rules.DriftRules)
     nudges: {...}                 # optional: nudge policies (models.rules.NudgeRules)
     retention: {idle: 400d, exited: 90d}  # optional: forget idle customers (models.rules.RetentionRules)
+    dimensions: [...]             # optional: bounded dimensions (models.dimensions)
+    insight: {...}                # optional: after-stall window, next-stage odds (models.dimensions)
 
 Nothing here touches Kafka, Redis or Faust.
 """
@@ -37,6 +39,7 @@ from pathlib import Path
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+from models.dimensions import Dimension, InsightRules, parse_dimensions, parse_insight
 from models.errors import MapError
 from models.map_reader import Reader
 from models.rules import DriftRules, NudgeRules, RetentionRules, parse_drift, parse_nudges, parse_retention
@@ -88,6 +91,9 @@ class JourneyMap:
     # (comments and layout aside). Each customer's state records the version
     # that last wrote it; `journey map diff` compares two.
     version: str = field(default="", compare=False)
+    # Bounded dimensions of customers (models.dimensions) and the insight settings.
+    dimensions: tuple[Dimension, ...] = ()
+    insight: InsightRules = field(default_factory=InsightRules)
     # Derived lookups, computed once: the reducer reads them per event.
     stage_by_name: Mapping[str, Stage] = field(init=False, repr=False, compare=False)
     entry_stage: Mapping[str, Stage] = field(init=False, repr=False, compare=False)
@@ -166,6 +172,8 @@ def parse_map(text: str, source: str = "<map>") -> JourneyMap:
             "nudges",
             "retention",
             "event_names",
+            "dimensions",
+            "insight",
         ),
     )
     for required in ("name", "channels", "stages"):
@@ -242,10 +250,12 @@ def parse_map(text: str, source: str = "<map>") -> JourneyMap:
     nudges = NudgeRules()
     if "nudges" in top:
         nudges = parse_nudges(r, top["nudges"][1], known_stages, known_types, channels)
-    if drift is None and any(p.trigger != "stall" for p in nudges.policies):
+    if drift is None and any(p.trigger in ("churn_risk", "loyalty") for p in nudges.policies):
         raise r.fail(top["nudges"][1], "churn_risk and loyalty nudges need a 'drift' section")
 
     names = _event_names(r, top["event_names"][1], known_types) if "event_names" in top else {}
+    dims = parse_dimensions(r, top["dimensions"][1]) if "dimensions" in top else ()
+    insight = parse_insight(r, top["insight"][1], dims) if "insight" in top else InsightRules()
     if "version" in top:
         vnode = top["version"][1]
         version = vnode.value if isinstance(vnode, ScalarNode) else None
@@ -264,6 +274,8 @@ def parse_map(text: str, source: str = "<map>") -> JourneyMap:
         retention=parse_retention(r, top["retention"][1]) if "retention" in top else None,
         event_names=names,
         version=version,
+        dimensions=dims,
+        insight=insight,
     )
 
 

@@ -9,15 +9,13 @@ says only that a nudge is due, with a deterministic id.
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from models.journey_map import JourneyMap
 from models.outputs import Nudge, stable_id
 from models.rules import QuietHours, Trigger
 from models.state import NUDGES_KEPT, NudgeRef
-
-DAY_MS = 86_400_000
-MINUTE_MS = 60_000
 
 
 def held_out(customer_id: str, share: float) -> bool:
@@ -39,6 +37,7 @@ def decide(
     key: str,
     at: int,
     reason: dict[str, Any],
+    tz: str = "",
 ) -> tuple[Nudge, NudgeRef] | None:
     """The nudge ``trigger`` earns in ``stage``, if a policy says so.
 
@@ -60,6 +59,7 @@ def decide(
         created_at=at,
         held_out=out,
         cooldown_s=policy.cooldown_s,
+        tz=tz,
     )
     return nudge, NudgeRef(nudge_id, policy.kind, stage, at, at + policy.window_s * 1000, out)
 
@@ -75,21 +75,30 @@ def remember(refs: tuple[NudgeRef, ...], ref: NudgeRef) -> tuple[NudgeRef, ...]:
     return tuple(out)
 
 
-def quiet_release(quiet: QuietHours | None, now_ms: int) -> int | None:
-    """When a nudge due at ``now_ms`` may go: None if now is outside quiet hours,
-    else the end of the quiet span (epoch ms, UTC)."""
+def quiet_release(quiet: QuietHours | None, now_ms: int, tz: tzinfo = UTC) -> int | None:
+    """When a nudge due at ``now_ms`` may go: None if now is outside quiet
+    hours in the customer's zone ``tz``, else the end of the quiet span
+    (epoch ms). The span is local wall-clock time: 21:00-08:00 in
+    Europe/Berlin is nine hours of UTC in summer and in winter, and on the
+    nights the clocks change it is ten or twelve hours long (a local end that
+    the clocks skip is read an hour later)."""
     if quiet is None:
         return None
-    day_start = now_ms - now_ms % DAY_MS
-    minute = (now_ms - day_start) // MINUTE_MS
+    local = datetime.fromtimestamp(now_ms / 1000, tz)
+    minute = local.hour * 60 + local.minute
     start, end = quiet.start_min, quiet.end_min
+    today = local.date()
     if start < end:  # e.g. 01:00-06:00
-        if start <= minute < end:
-            return day_start + end * MINUTE_MS
+        release_day = today if start <= minute < end else None
+    elif minute >= start:  # across midnight, e.g. 21:00-08:00
+        release_day = today + timedelta(days=1)
+    elif minute < end:
+        release_day = today
+    else:
+        release_day = None
+    if release_day is None:
         return None
-    # Across midnight, e.g. 21:00-08:00.
-    if minute >= start:
-        return day_start + DAY_MS + end * MINUTE_MS
-    if minute < end:
-        return day_start + end * MINUTE_MS
-    return None
+    wall = datetime(release_day.year, release_day.month, release_day.day, end // 60, end % 60, tzinfo=tz)
+    # A local end the clocks skip (in the spring gap) reads with the offset
+    # before the change (fold=0): the same wall time an hour later.
+    return max(int(wall.timestamp() * 1000), now_ms + 1)

@@ -111,6 +111,7 @@ class Nudge:
     created_at: int  # event or clock time of the decision
     held_out: bool
     cooldown_s: int
+    tz: str = ""  # the customer's IANA zone (quiet hours, daily caps); "" for the map's default
 
     def to_record(self, sent_at: int | None = None) -> dict[str, Any]:
         return {
@@ -121,8 +122,31 @@ class Nudge:
             "reason": {"trigger": self.trigger, "stage": self.stage, **self.reason},
             "created_at": ms_to_iso(self.created_at),
             "held_out": self.held_out,
+            **({"tz": self.tz} if self.tz else {}),
             **({} if sent_at is None else {"sent_at": ms_to_iso(sent_at)}),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class OddsDue:
+    """The core asks the worker for a customer's next-stage odds: a low_odds
+    policy's checkpoint in ``stage`` came (the visit that began at ``visit``).
+    Not a record: the worker answers with an odds reading
+    (``models.events.OddsReading``) on the touchpoints topic."""
+
+    topic = ""
+    customer_id: str
+    stage: str
+    visit: int
+    at: int
+
+    def to_record(self) -> dict[str, Any]:
+        return {"customer_id": self.customer_id, "stage": self.stage, "visit": self.visit, "at": self.at}
+
+
+def outcome_key(kind: str, held_out: bool, converted: bool) -> str:
+    """How a customer's state counts a nudge outcome (``CustomerState.outcomes``)."""
+    return f"{kind}|{'held_out' if held_out else 'nudged'}|{'converted' if converted else 'not_converted'}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,4 +220,4 @@ class IdentityRecord:
         }
 
 
-Output = StallRecord | Recovered | ChurnRisk | Nudge | NudgeOutcome | Erased | IdentityRecord
+Output = StallRecord | Recovered | ChurnRisk | Nudge | NudgeOutcome | Erased | IdentityRecord | OddsDue

@@ -36,11 +36,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
-from models.effects import Extras, deliver, forget_at, on_clock, on_event
-from models.events import ANONYMOUS_ID, ERASE_HEADER, PREVIOUS_ID, Clock, Delivery, Erase, Touchpoint
+from models.dimensions import update_dims
+from models.effects import Extras, deliver, forget_at, on_clock, on_event, on_odds
+from models.events import (
+    ANONYMOUS_ID,
+    ERASE_HEADER,
+    PREVIOUS_ID,
+    TZ,
+    Clock,
+    Delivery,
+    Erase,
+    OddsReading,
+    Touchpoint,
+)
 from models.identity import (
     IDENTITY_CHANNEL,
     LINK_HEADER,
@@ -56,10 +68,21 @@ from models.identity import (
     merge_states,
 )
 from models.journey_map import IDENTIFY, JourneyMap
-from models.outputs import Erased, IdentityRecord, Output, stable_id
-from models.state import CustomerState, Transition, alias_state, id_digest, window_add, window_has
+from models.outputs import Erased, IdentityRecord, NudgeOutcome, Output, outcome_key, stable_id
+from models.state import (
+    AFTER_STALL_KEPT,
+    LATER,
+    CustomerState,
+    Stall,
+    Transition,
+    alias_state,
+    id_digest,
+    window_add,
+    window_has,
+)
+from models.timeutil import is_zone
 
-Item = Touchpoint | Clock | Erase | Delivery | Link | MergeRecord
+Item = Touchpoint | Clock | Erase | Delivery | Link | MergeRecord | OddsReading
 CLOCK_CHANNEL = "clock"  # the channel of a transition a clock reading caused
 
 
@@ -95,19 +118,25 @@ class _Working:
     """
 
     __slots__ = (
+        "after_stall",
         "customer_id",
+        "dims",
         "events",
         "extras",
         "first_touch_at",
         "first_touch_channel",
+        "flows",
         "ids",
         "known",
         "last_event_at",
+        "outcomes",
+        "outputs_from",
         "recent",
         "stage",
         "stage_entered_at",
         "stages",
         "type_counts",
+        "tz",
     )
 
     def __init__(self, state: CustomerState, outputs: list[Output]) -> None:
@@ -122,7 +151,18 @@ class _Working:
         self.type_counts = dict(state.type_counts)
         self.recent = state.recent
         self.known, self.ids = state.known, state.ids
-        self.extras = Extras(state.stall, state.drift, state.nudges, outputs)
+        self.extras = Extras(
+            state.stall,
+            state.drift,
+            state.nudges,
+            outputs,
+            odds_checked=state.odds_checked,
+            odds_asked=state.odds_asked,
+        )
+        self.dims, self.tz, self.flows = state.dims, state.tz, dict(state.flows)
+        self.extras.tz = state.tz
+        self.after_stall, self.outcomes = state.after_stall, state.outcomes
+        self.outputs_from = len(outputs)  # the outputs of this run: its nudge outcomes are counted
 
     @classmethod
     def first(cls, jmap: JourneyMap, ev: Touchpoint, outputs: list[Output]) -> tuple[_Working, Transition]:
@@ -135,6 +175,10 @@ class _Working:
         w.events, w.type_counts, w.recent = 1, {ev.type: 1}, id_digest(ev.event_id)
         w.known, w.ids = False, ()
         w.extras = Extras(outputs=outputs)
+        w.dims, w.tz, w.flows, w.after_stall, w.outcomes = {}, "", {}, (), {}
+        w.outputs_from = len(outputs)
+        if ev.properties is not None:
+            w.describe(jmap, ev.properties)
         entry = jmap.target(None, ev.type)
         assert entry is not None  # a new customer always lands somewhere
         landed = on_event(jmap, w.extras, entry.name, entry, ev, 0)
@@ -159,7 +203,26 @@ class _Working:
         )
         self.stage, self.stage_entered_at = stage, at
         self.stages.setdefault(stage, at)
+        key = f"{frm or ''}>{stage}"
+        self.flows[key] = self.flows.get(key, 0) + 1
         return t
+
+    def describe(self, jmap: JourneyMap, props: dict[str, Any]) -> None:
+        """An event's properties that describe the customer: the map's
+        dimensions (models.dimensions) and their time zone."""
+        if jmap.dimensions:
+            dims = update_dims(jmap.dimensions, self.dims, props)
+            if dims is not None:
+                self.dims = dims
+        tz = props.get(TZ)
+        if tz is not None and tz != self.tz and is_zone(tz):
+            self.tz = self.extras.tz = tz
+
+    def after(self, jmap: JourneyMap, stall: Stall, ev: Touchpoint, stage: str) -> None:
+        """The first event after a stall was found: what the customer did next."""
+        late = ev.ts - stall.detected_at > jmap.insight.after_stall_s * 1000
+        step = (stall.episode_id, stall.stage, LATER if late else ev.type, stage)
+        self.after_stall = (*self.after_stall, step)[-AFTER_STALL_KEPT:]
 
     def apply(self, jmap: JourneyMap, ev: Touchpoint, digest: bytes) -> Transition | None:
         """Apply one event that is not a duplicate (the caller checked); ``digest`` is its id's."""
@@ -172,7 +235,13 @@ class _Working:
         self.events += 1
         if ev.ts > self.last_event_at:
             self.last_event_at = ev.ts
+        props = ev.properties
+        if props is not None:
+            self.describe(jmap, props)
+        stall = self.extras.stall
         target = on_event(jmap, self.extras, stage, jmap.target(stage, ev.type), ev, seen_before)
+        if stall is not None and (not self.after_stall or self.after_stall[-1][0] != stall.episode_id):
+            self.after(jmap, stall, ev, target.name if target is not None else stage)
         if target is None:
             return None
         return self.enter(target.name, ev.ts, ev.event_id, ev.type, ev.channel)
@@ -219,7 +288,26 @@ class _Working:
             known=self.known,
             ids=self.ids,
             map_version=map_version,
+            dims=self.dims,
+            tz=self.tz,
+            flows=self.flows,
+            after_stall=self.after_stall,
+            outcomes=self._outcomes(),
+            odds_checked=self.extras.odds_checked,
+            odds_asked=self.extras.odds_asked,
         )
+
+    def _outcomes(self) -> dict[str, int]:
+        """The customer's nudge outcomes with those this run's outputs record."""
+        new = [o for o in self.extras.outputs[self.outputs_from :] if type(o) is NudgeOutcome]
+        if not new:
+            return self.outcomes
+        out = dict(self.outcomes)
+        for o in new:
+            key = outcome_key(o.kind, o.held_out, o.converted)
+            out[key] = out.get(key, 0) + 1
+        self.outcomes, self.outputs_from = out, len(self.extras.outputs)
+        return out
 
     def identity(self, ev: Touchpoint, out: CustomerFold) -> None:
         """An applied event's identity part: an identify event makes the
@@ -348,6 +436,18 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
             nudges = deliver(x.nudges, ev.nudge_id, ev.delivery)
             if nudges is not x.nudges:
                 x.nudges = nudges
+                out.changed = True
+            continue
+        if isinstance(ev, OddsReading):
+            if work is None:
+                if base is None:
+                    continue  # for nobody (an erased customer, say)
+                work = _Working(base, outputs)
+            x = work.extras
+            was = (x.odds_checked, len(outputs))
+            assert work.stage is not None
+            on_odds(jmap, x, work.customer_id, work.stage, work.stage_entered_at, ev)
+            if (x.odds_checked, len(outputs)) != was:
                 out.changed = True
             continue
         if isinstance(ev, Clock):

@@ -18,12 +18,13 @@ from typing import Final, Literal
 from yaml.nodes import Node, ScalarNode
 
 from models.map_reader import Reader
+from models.timeutil import is_zone
 
 DAY_S: Final = 86_400
 
 # What a nudge policy reacts to.
-Trigger = Literal["stall", "churn_risk", "loyalty"]
-TRIGGERS: Final = ("stall", "churn_risk", "loyalty")
+Trigger = Literal["stall", "churn_risk", "loyalty", "low_odds"]
+TRIGGERS: Final = ("stall", "churn_risk", "loyalty", "low_odds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +83,15 @@ class NudgePolicy:
     cooldown_s: int  # per customer and kind: no second nudge of the kind within this
     window_s: int  # the outcome window: converted if the customer converts within it
     converts_on: frozenset[str] = frozenset()  # event types that convert; empty: a forward move
+    # low_odds: checked once per stage visit, ``after_s`` into it; a nudge if
+    # the customer's next-stage odds (models.insight.next_stage) are below ``below``.
+    below: float | None = None
+    after_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class QuietHours:
-    """A daily span (UTC minutes since midnight) in which no nudge goes out."""
+    """A daily span (minutes since local midnight, in the customer's zone) in which no nudge goes out."""
 
     start_min: int
     end_min: int
@@ -108,6 +113,10 @@ class NudgeRules:
     cap_count: int = DEFAULT_CAP_COUNT  # at most this many nudges of any kind per customer ...
     cap_window_s: int = DEFAULT_CAP_WINDOW_S  # ... within this rolling window
     quiet_hours: QuietHours | None = None
+    # The zone of quiet hours and daily caps for a customer whose events name
+    # none (properties.tz): an IANA name.
+    time_zone: str = "UTC"
+    daily_cap: int | None = None  # at most this many nudges per calendar day in the customer's zone
 
     def for_trigger(self, trigger: Trigger, stage: str) -> NudgePolicy | None:
         for p in self.policies:
@@ -240,7 +249,7 @@ def _clock(r: Reader, node: Node, what: str) -> int:
     return int(m.group(1)) * 60 + int(m.group(2))
 
 
-_POLICY_KEYS = ("kind", "on", "stages", "channel", "cooldown", "window", "converts_on")
+_POLICY_KEYS = ("kind", "on", "stages", "channel", "cooldown", "window", "converts_on", "below", "after")
 
 
 def _policy(r: Reader, node: Node, stages: set[str], types: set[str], channels: set[str]) -> NudgePolicy:
@@ -262,6 +271,18 @@ def _policy(r: Reader, node: Node, stages: set[str], types: set[str], channels: 
     )
     if trigger == "stall" and not on_stages:
         raise r.fail(node, "a stall nudge needs the 'stages' whose stalls earn it")
+    below = after = None
+    if trigger == "low_odds":
+        if not on_stages or "below" not in f or "after" not in f:
+            raise r.fail(
+                node, "a low_odds nudge needs 'stages', 'below' (a probability) and 'after' (time in stage)"
+            )
+        below = r.number(f["below"][1], "below")
+        if not 0 < below < 1:
+            raise r.fail(f["below"][1], "below must be a probability between 0 and 1")
+        after = r.duration(f["after"][1], "after")
+    elif "below" in f or "after" in f:
+        raise r.fail(node, "'below' and 'after' belong to a low_odds nudge")
     trig: Trigger = trigger  # type: ignore[assignment]
     return NudgePolicy(
         kind=r.name(f["kind"][1], "nudge kind"),
@@ -271,11 +292,17 @@ def _policy(r: Reader, node: Node, stages: set[str], types: set[str], channels: 
         cooldown_s=r.duration(f["cooldown"][1], "cooldown"),
         window_s=r.duration(f["window"][1], "window"),
         converts_on=frozenset(r.type_refs(f["converts_on"][1], types)) if "converts_on" in f else frozenset(),
+        below=below,
+        after_s=after,
     )
 
 
 def parse_nudges(r: Reader, node: Node, stages: set[str], types: set[str], channels: set[str]) -> NudgeRules:
-    f = r.mapping(node, "the nudges section", ("holdout", "max_age", "cap", "quiet_hours", "policies"))
+    f = r.mapping(
+        node,
+        "the nudges section",
+        ("holdout", "max_age", "cap", "quiet_hours", "policies", "time_zone", "daily_cap"),
+    )
     holdout = r.number(f["holdout"][1], "holdout") if "holdout" in f else DEFAULT_HOLDOUT
     if not 0 <= holdout < 1:
         raise r.fail(f["holdout"][1], "holdout must be a share from 0 up to (not including) 1")
@@ -292,10 +319,25 @@ def parse_nudges(r: Reader, node: Node, stages: set[str], types: set[str], chann
     if "quiet_hours" in f:
         q = r.mapping(f["quiet_hours"][1], "quiet_hours", ("from", "to"))
         if "from" not in q or "to" not in q:
-            raise r.fail(f["quiet_hours"][1], "quiet_hours needs 'from' and 'to' (UTC, like \"21:00\")")
+            raise r.fail(
+                f["quiet_hours"][1],
+                "quiet_hours needs 'from' and 'to' (the customer's local time, like \"21:00\")",
+            )
         quiet = QuietHours(_clock(r, q["from"][1], "from"), _clock(r, q["to"][1], "to"))
         if quiet.start_min == quiet.end_min:
             raise r.fail(f["quiet_hours"][1], "quiet_hours 'from' and 'to' must differ")
+    tz = "UTC"
+    if "time_zone" in f:
+        znode = f["time_zone"][1]
+        tz = str(znode.value) if isinstance(znode, ScalarNode) else ""
+        if not is_zone(tz):
+            raise r.fail(znode, f"time_zone {tz!r} is not an IANA time zone (like Europe/Berlin or UTC)")
+    daily = None
+    if "daily_cap" in f:
+        n = r.number(f["daily_cap"][1], "daily_cap")
+        if n < 1 or n != int(n):
+            raise r.fail(f["daily_cap"][1], "daily_cap must be a whole number of at least 1")
+        daily = int(n)
     policies: list[NudgePolicy] = []
     for pnode in r.sequence(f["policies"][1], "policies") if "policies" in f else []:
         pol = _policy(r, pnode, stages, types, channels)
@@ -309,6 +351,8 @@ def parse_nudges(r: Reader, node: Node, stages: set[str], types: set[str], chann
         cap_count=cap_count,
         cap_window_s=cap_window,
         quiet_hours=quiet,
+        time_zone=tz,
+        daily_cap=daily,
     )
 
 

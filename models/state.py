@@ -23,6 +23,10 @@ import xxhash
 
 from models.timeutil import ms_to_iso
 
+# How many stall episodes' next steps a customer keeps (the funnel counts them).
+AFTER_STALL_KEPT: Final = 4
+# The next-event type of a stall whose next event came after the map's window.
+LATER: Final = "(later)"
 # How many recent event ids a customer keeps for de-duplication. A redelivered
 # event older than the last DEDUP_WINDOW distinct events of its customer is
 # not recognised by id; the worker also skips redelivered Kafka records by
@@ -128,6 +132,22 @@ class CustomerState(msgspec.Struct, frozen=True, array_like=True, gc=False):
     ids: tuple[str, ...] = ()
     merged_into: str | None = None
     map_version: str = ""  # the version of the journey map that last wrote the state
+    # Insight (models.insight, stream.engine.stage_counts): the customer's
+    # values in the map's dimensions (name -> value, models.dimensions); their
+    # IANA zone (properties.tz, the latest); every move they made, counted by
+    # "from>to" (">stage" for the first); what they did after their last
+    # stalls, (episode, stalled stage, next event type or "(later)", stage
+    # after it), newest last; and their nudge outcomes counted by
+    # "kind|nudged-or-held_out|converted-or-not_converted".
+    dims: dict[str, str] = {}
+    tz: str = ""
+    flows: dict[str, int] = {}
+    after_stall: tuple[tuple[str, str, str, str], ...] = ()
+    outcomes: dict[str, int] = {}
+    # low_odds nudges (models.effects): the stage visit (its entry time) whose
+    # odds reading was applied, and when the core last asked for one.
+    odds_checked: int = -1
+    odds_asked: int = 0
 
     @property
     def is_alias(self) -> bool:

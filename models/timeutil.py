@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from datetime import tzinfo as datetime_tzinfo
 from functools import lru_cache
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -58,3 +59,33 @@ def iso_to_ms(text: str) -> int | None:
     # Subtracting two aware datetimes never overflows, even at year 1 or 9999
     # with a zone that moves the instant outside the calendar.
     return (dt - _EPOCH) // _MS
+
+
+@lru_cache(maxsize=1)
+def _zone_names() -> frozenset[str]:
+    import zoneinfo
+
+    return frozenset(zoneinfo.available_timezones())
+
+
+def is_zone(name: object) -> bool:
+    """Whether ``name`` is an IANA time zone name (checked against the list,
+    never by opening a file named by the input)."""
+    return isinstance(name, str) and 0 < len(name) <= 64 and name in _zone_names()
+
+
+@lru_cache(maxsize=1024)
+def zone(name: str) -> datetime_tzinfo:
+    """The zone named ``name`` (UTC for an empty or unknown name)."""
+    import zoneinfo
+
+    if not is_zone(name) or name == "UTC":
+        return UTC
+    return zoneinfo.ZoneInfo(name)
+
+
+def local_day_start(ms: int, tz: datetime_tzinfo) -> int:
+    """Epoch ms of the local midnight that starts the calendar day of ``ms`` in ``tz``."""
+    local = datetime.fromtimestamp(ms / 1000, tz)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return int(midnight.timestamp() * 1000)

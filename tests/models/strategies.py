@@ -43,6 +43,13 @@ PROPERTIES = st.none() | st.fixed_dictionaries(
         "score": st.integers(0, 10),
         "sentiment": st.floats(-1, 1, allow_nan=False),
         "order_value": st.floats(0, 2000, allow_nan=False) | st.just(-5),
+        # The map's dimensions (models.dimensions): listed values, others, junk.
+        "device": st.sampled_from(["desktop", "mobile", "tablet", "fridge", ""])
+        | st.integers()
+        | st.lists(st.text(max_size=3), max_size=2),
+        "variant": st.sampled_from(["control", "treatment", "C"]) | st.text(max_size=40),
+        "segment": st.sampled_from(["new", "returning", "vip"]) | st.none(),
+        "tz": st.sampled_from(["Europe/Berlin", "America/New_York", "UTC"]),
     },
 )
 
