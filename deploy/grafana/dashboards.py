@@ -22,11 +22,11 @@ from pathlib import Path
 
 from grafana_foundation_sdk.builders import bargauge, stat, timeseries
 from grafana_foundation_sdk.builders.common import ReduceDataOptions
-from grafana_foundation_sdk.builders.dashboard import Dashboard, Row, ThresholdsConfig
+from grafana_foundation_sdk.builders.dashboard import Dashboard, QueryVariable, Row, ThresholdsConfig
 from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.common import BarGaugeDisplayMode, VizOrientation
-from grafana_foundation_sdk.models.dashboard import DataSourceRef, Threshold, ThresholdsMode
+from grafana_foundation_sdk.models.dashboard import DataSourceRef, Threshold, ThresholdsMode, VariableRefresh
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "dashboards" / "journey.json"
@@ -69,6 +69,13 @@ def build_dashboard() -> Dashboard:
         .refresh("30s")
         .time("now-6h", "now")
         .timezone("browser")
+        .with_variable(
+            QueryVariable("dimension")
+            .label("Dimension")
+            .datasource(DATASOURCE)
+            .query("label_values(journey:segment_customers:sum, dimension)")
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        )
         .with_row(Row("Funnel"))
         .with_panel(
             bargauge.Panel()
@@ -196,6 +203,59 @@ def build_dashboard() -> Dashboard:
                 ),
                 q("sum(rate(journey_churn_risk_total[$__rate_interval]))", "churn risks", ref="B"),
                 q("sum(rate(journey_win_backs_total[$__rate_interval]))", "win-backs", ref="C"),
+            )
+        )
+        .with_row(Row("Flows, time to convert, segments, lift"))
+        .with_panel(
+            bargauge.Panel()
+            .title("Flows: moves between stages, customers tracked now")
+            .description(
+                "journey:flows:sum: every from → to move, skips, backward moves and defection included"
+            )
+            .datasource(DATASOURCE)
+            .orientation(VizOrientation.HORIZONTAL)
+            .display_mode(BarGaugeDisplayMode.GRADIENT)
+            .reduce_options(last)
+            .height(8)
+            .span(12)
+            .with_target(q("journey:flows:sum", "{{from_stage}} → {{to_stage}}", instant=True))
+        )
+        .with_panel(
+            series(
+                "Time to convert (p50, p90)",
+                "s",
+                q("journey:time_to_convert_seconds:p50", "{{from_stage}} → {{to_stage}} p50"),
+                q("journey:time_to_convert_seconds:p90", "{{from_stage}} → {{to_stage}} p90", ref="B"),
+                description="First reaching one stage to first reaching a later one, of those who did",
+            )
+        )
+        .with_panel(
+            series(
+                "Nudge lift (nudged minus held out) with its 95% interval",
+                "percentunit",
+                q("journey:nudge_lift:diff", "{{kind}} ({{trigger}}) lift"),
+                q(
+                    "journey:nudge_lift:diff - journey:nudge_lift:ci95_halfwidth",
+                    "{{kind}} low",
+                    ref="B",
+                ),
+                q(
+                    "journey:nudge_lift:diff + journey:nudge_lift:ci95_halfwidth",
+                    "{{kind}} high",
+                    ref="C",
+                ),
+                description="Not significant while the interval spans 0",
+            )
+        )
+        .with_panel(
+            series(
+                "Customers per stage by $dimension",
+                "short",
+                q(
+                    'sum by (value, stage) (journey:segment_customers:sum{dimension="$dimension"})',
+                    "{{value}} {{stage}}",
+                ),
+                description="The map's dimensions: values listed in the map, other and unknown",
             )
         )
     )

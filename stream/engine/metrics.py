@@ -22,6 +22,7 @@ from models.journey_map import JourneyMap
 from stream.engine.lifecycle import PartitionLifecycle
 from stream.engine.recovery import RecoveryProgress
 
+ODDS_OUTCOMES = ("low", "not_low", "no_estimate", "deferred")
 OUTCOMES = ("applied", "duplicate", "rejected", "replayed", "moved")
 PROBLEMS = ("stalled", "commit_stalled")
 # What became of a nudge the policy decided (journey_nudges_total{kind,outcome}).
@@ -186,6 +187,7 @@ class TrackerMetrics:
     view_writes: Counter
     view_pending: Gauge
     view_up: Gauge
+    odds_checks: Counter
     conversions: Counter
     stage_duration: BatchHistogram
     event_lag: BatchHistogram
@@ -322,7 +324,16 @@ class TrackerMetrics:
                 "1 while Redis takes the serving view's writes; 0 while they wait for it",
                 registry=registry,
             ),
+            odds_checks=Counter(
+                f"{prefix}_odds_checks",
+                "Next-stage odds read for a low_odds nudge policy, by outcome (low: below the policy's bar; "
+                "deferred: the worker had no room or no figures, the core asks again)",
+                ["outcome"],
+                registry=registry,
+            ),
         )
+        for outcome in ODDS_OUTCOMES:
+            m.odds_checks.labels(outcome)
         # Initialise every label combination up front so dashboards see zeros.
         for outcome in OUTCOMES:
             m.events.labels(outcome)

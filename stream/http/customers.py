@@ -20,10 +20,13 @@ import aiohttp
 from faust.web import Request, Response, View
 
 from models.events import ERASE_HEADER, Erase, id_problem
+from models.insight import next_stage
+from models.state import CustomerState
 from stream.engine.codec import decode_stored
 from stream.engine.partitioning import key_partition
 from stream.faust.app import owner_url
 from stream.http.events import RETRY_AFTER_S
+from stream.http.funnel import FIGURES_CACHE
 from stream.http.peers import FORWARDED_HEADER, peer_headers
 
 if TYPE_CHECKING:
@@ -106,6 +109,18 @@ async def forward_to_owner(
         )
 
 
+async def next_stage_odds(w: Worker, state: CustomerState) -> dict[str, Any] | None:
+    """The customer's odds of a later stage (``models.insight.next_stage``)
+    from every worker's figures; None where there is no later stage, or
+    while the figures cannot be gathered (the state is answered all the same)."""
+    try:
+        total = await FIGURES_CACHE.get(w)
+    except Exception as exc:  # a peer mid-rebalance: the state still answers
+        log.info("GET /customers: no figures for the odds: %r", exc)
+        return None
+    return next_stage(w.journey_map, state, total.ttc, total.waiting, int(time.time() * 1000))
+
+
 def register(w: Worker) -> None:
     """Register ``GET`` and ``DELETE /customers/{customer_id}``."""
     settings = w.settings
@@ -125,7 +140,7 @@ def register(w: Worker) -> None:
             merged_from = request.query.get("merged_from")
             if merged_from is not None and id_problem(merged_from, "merged_from") is not None:
                 merged_from = None
-            root = self._read(partition, key, merged_from)
+            root = await self._read(partition, key, merged_from)
             if not isinstance(root, str):
                 return root
             # A merged anonymous id: the customer it was merged into answers,
@@ -138,14 +153,15 @@ def register(w: Worker) -> None:
             if root_partition not in w.active_partitions():
                 path = f"/customers/{quote(root, safe='')}?merged_from={quote(customer_id, safe='')}"
                 return await forward_to_owner(w, self, request, root_partition, path)
-            answer = self._read(root_partition, root_key, customer_id)
+            answer = await self._read(root_partition, root_key, customer_id)
             if isinstance(answer, str):  # the customer it names is itself merged: not followed
                 return self.json({"error": "unknown customer", "customer_id": customer_id}, status=404)
             return answer
 
-        def _read(self, partition: int, key: bytes, merged_from: str | None = None) -> Response | str:
+        async def _read(self, partition: int, key: bytes, merged_from: str | None = None) -> Response | str:
             """The stored customer's answer (with ``merged_from`` when asked for
-            through that id), a 404 for nobody, or the id an alias points to."""
+            through that id, and their next-stage odds), a 404 for nobody, or
+            the id an alias points to."""
             raw = w.store.get(partition, key)
             if raw is None:
                 asked = merged_from if merged_from is not None else key.decode()
@@ -156,6 +172,7 @@ def register(w: Worker) -> None:
             body = state.to_api()
             if merged_from is not None:
                 body["merged_from"] = merged_from
+            body["next_stage_odds"] = await next_stage_odds(w, state)
             return self.json(body)
 
         async def delete(self, request: Request, customer_id: str) -> Response:

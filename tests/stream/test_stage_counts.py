@@ -73,8 +73,9 @@ def test_figures_follow_states_and_forget_revoked_partitions() -> None:
 def test_updates_between_any_two_states_equal_counting_them_from_scratch(
     items: list[Touchpoint | Clock | Erase], step: int
 ) -> None:
-    """The same-stage shortcut in update() gives the figures a full recount gives."""
-    counts = StageCounts(MAP.stage_names, [s.name for s in MAP.stages if not s.exit])
+    """The same-stage shortcut in update() gives the figures a full recount
+    gives, the insight figures (flows, time to convert, dimensions, outcomes) too."""
+    counts = StageCounts.for_map(MAP)
     load(counts, 0, [])
     states: dict[str, CustomerState] = {}
     for i in range(0, len(items), step):
@@ -86,6 +87,32 @@ def test_updates_between_any_two_states_equal_counting_them_from_scratch(
             else:
                 states.pop(cid, None)
             counts.update(0, before, f.state)
-    scratch = StageCounts(MAP.stage_names, [s.name for s in MAP.stages if not s.exit])
+    scratch = StageCounts.for_map(MAP)
     load(scratch, 0, states.values())
     assert counts.totals().to_dict() == scratch.totals().to_dict()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(journeys(customers=3, max_items=40))
+def test_dimension_labels_never_exceed_what_the_map_declares_whatever_the_events_send(
+    items: list[Touchpoint | Clock | Erase],
+) -> None:
+    counts = StageCounts.for_map(MAP)
+    load(counts, 0, fold(MAP, items).values())
+    registry = CollectorRegistry()
+    registry.register(counts)
+    allowed = {(d.name, v) for d in MAP.dimensions for v in d.labels()}
+    stages = set(MAP.stage_names)
+    for metric in registry.collect():
+        for sample in metric.samples:
+            labels = sample.labels
+            if "dimension" in labels:
+                assert (labels["dimension"], labels["value"]) in allowed
+            for name in ("stage", "from_stage", "to_stage"):
+                if name in labels:
+                    assert labels[name] in stages | {"(entry)"}
+            if "kind" in labels:
+                assert labels["kind"] in {p.kind for p in MAP.nudges.policies}
+    for state in fold(MAP, items).values():
+        for d in MAP.dimensions:
+            assert state.dims.get(d.name, "unknown") in d.labels()
