@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from agents.nudges import NudgeDispatcher
+from agents.odds import OddsChecker
 from models.events import CLOCK_HEADER, GROUP_HEADER, Clock
 from stream.engine.batching import NewBatches
 from stream.engine.deadlines import DeadlineIndex
@@ -42,7 +43,7 @@ def wall_clock_ms() -> int:
 
 
 class ClockTicker:
-    """Per tick: clock records for due customers, then the nudge outbox."""
+    """Per tick: clock records for due customers, then the nudge outbox and the odds asked for."""
 
     def __init__(
         self,
@@ -54,6 +55,7 @@ class ClockTicker:
         metrics: TrackerMetrics,
         clock: Callable[[], int],
         group: str = "",
+        odds: OddsChecker | None = None,
     ) -> None:
         """``topic``: the touchpoints topic, where clock records go; ``group``:
         the app id they are marked with (``models.events.GROUP_HEADER``)."""
@@ -65,6 +67,7 @@ class ClockTicker:
         self.batches = batches
         self.metrics = metrics
         self.clock = clock
+        self.odds = odds
 
     async def tick(self) -> int:
         """One tick; returns the clock records sent."""
@@ -85,4 +88,6 @@ class ClockTicker:
                 return 0
             self.metrics.clock_readings.inc(len(due))
         await self.dispatcher.flush()
+        if self.odds is not None:
+            await self.odds.flush()
         return len(due)

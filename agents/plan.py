@@ -40,12 +40,14 @@ from models.events import (
     DELIVERY_HEADER,
     ERASE_HEADER,
     GROUP_HEADER,
+    ODDS_HEADER,
     Erase,
     Rejection,
     Touchpoint,
     parse_clock,
     parse_delivery,
     parse_erase,
+    parse_odds,
     parse_touchpoint,
 )
 from models.identity import (
@@ -56,7 +58,7 @@ from models.identity import (
     parse_merge,
 )
 from models.journey_map import JourneyMap
-from models.outputs import Nudge
+from models.outputs import Nudge, OddsDue
 from models.reducer import CustomerFold, Item, fold_customer
 from models.state import CustomerState
 from stream.engine.codec import encode_stored
@@ -90,7 +92,16 @@ MOVED_HEADER = "journey-moved-from"
 
 
 INTERNAL_HEADERS = frozenset(
-    (CLOCK_HEADER, ERASE_HEADER, DELIVERY_HEADER, MOVED_HEADER, LINK_HEADER, MERGE_HEADER, REKEYED_HEADER)
+    (
+        CLOCK_HEADER,
+        ERASE_HEADER,
+        DELIVERY_HEADER,
+        MOVED_HEADER,
+        LINK_HEADER,
+        MERGE_HEADER,
+        REKEYED_HEADER,
+        ODDS_HEADER,
+    )
 )
 
 
@@ -236,6 +247,8 @@ def plan_batch(
                 parsed = parse_link(rec.value, rec.key)
             elif kind == MERGE_HEADER:
                 parsed = parse_merge(rec.value, rec.key, jmap)
+            elif kind == ODDS_HEADER:
+                parsed = parse_odds(rec.value, rec.key)
             else:
                 parsed = parse_touchpoint(
                     rec.value, jmap, key=rec.key, max_bytes=max_event_bytes, not_after=not_after
@@ -323,6 +336,8 @@ def _build(jmap: JourneyMap, u: CustomerUpdate, partitions: int) -> None:
     for o in fold.outputs:
         if isinstance(o, Nudge):  # goes through the gate (agents.nudges); checked here all the same
             o.to_record(sent_at=o.created_at)
+        elif isinstance(o, OddsDue):  # a question for the worker (agents.odds), not a record
+            continue
         else:
             records.append((o.topic, orjson.dumps(o.to_record())))
     for f in fold.forwards:

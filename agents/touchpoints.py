@@ -41,10 +41,11 @@ from collections.abc import Callable
 from agents.clock import wall_clock_ms
 from agents.erasures import ErasureLedger
 from agents.nudges import NudgeDispatcher
+from agents.odds import OddsChecker
 from agents.plan import BatchPlan, plan_batch
 from models.events import GROUP_HEADER
 from models.journey_map import JourneyMap
-from models.outputs import ChurnRisk, IdentityRecord, Nudge, StallRecord
+from models.outputs import ChurnRisk, IdentityRecord, Nudge, OddsDue, StallRecord
 from stream.engine.batching import NewBatches, PartitionBatches, Sent
 from stream.engine.deadlines import DeadlineIndex
 from stream.engine.metrics import TrackerMetrics
@@ -93,6 +94,7 @@ class TouchpointsAgent:
         ledger: ErasureLedger,
         view: ServingView | None = None,
         clock: Callable[[], int] = wall_clock_ms,
+        odds: OddsChecker | None = None,
     ) -> None:
         self.settings = settings
         self.jmap = jmap
@@ -106,6 +108,7 @@ class TouchpointsAgent:
         self.ledger = ledger
         self.view = view
         self.clock = clock
+        self.odds = odds
         self._exits = frozenset(st.name for st in jmap.stages if st.exit)
         self._moved, self._moved_logged = 0, float("-inf")
 
@@ -161,9 +164,13 @@ class TouchpointsAgent:
                 self.view.put(u.partition, u.customer_id, u.last_offset, state)
             if u.fold.erased or (state is not None and state.merged_into is not None):
                 self.nudges.forget(u.customer_id)  # erased, or merged: its nudges went with its state
+                if self.odds is not None:
+                    self.odds.forget(u.customer_id)
             for o in u.fold.outputs:
                 if isinstance(o, Nudge):
                     self.nudges.submit(u.partition, o)
+                elif isinstance(o, OddsDue) and self.odds is not None and state is not None:
+                    self.odds.submit(u.partition, o, state)
 
     async def publish(self, plan: BatchPlan) -> Sent:
         """Dead letters, transitions and the other outputs, produced; the caller

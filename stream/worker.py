@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 from agents.clock import ClockTicker, wall_clock_ms
 from agents.erasures import ErasureLedger
 from agents.nudges import NudgeDispatcher
+from agents.odds import OddsChecker
 from agents.touchpoints import TouchpointsAgent, exit_on_failure
 from models.effects import deadline_of
 from models.journey_map import JourneyMap, load_map
@@ -55,6 +56,7 @@ from stream.faust import app as faust_app
 from stream.faust.consumer import install_batch_path
 from stream.faust.store import TableStore
 from stream.faust.version import check_faust_version
+from stream.http.funnel import FIGURES_CACHE
 from stream.redis.gate import NudgeGate
 from stream.redis.role import GroupRole
 from stream.redis.view import ServingView
@@ -187,7 +189,7 @@ def build_worker(
     # 3. What the worker keeps per owned partition.
     states = StateCache(store.get, settings.state_cache_size)
     ledger = ErasureLedger(store.get)
-    stage_counts = StageCounts(jmap.stage_names, [s.name for s in jmap.stages if not s.exit])
+    stage_counts = StageCounts.for_map(jmap)
     registry.register(stage_counts)
     deadlines = DeadlineIndex(partial(deadline_of, jmap))
     nudges = NudgeDispatcher(
@@ -202,6 +204,8 @@ def build_worker(
         view=view,
     )
 
+    odds = OddsChecker(settings.touchpoints_topic, jmap, batches, metrics, clock, settings.app_id)
+
     # 4. The partition listeners, in the order they run: on a recovered
     # partition each hears it, then each gets every chunk of the one scan
     # of its store; on a revoked one each drops what it kept.
@@ -211,6 +215,7 @@ def build_worker(
         stage_counts,  # its customers per stage, for the gauges and the funnel
         deadlines,  # each customer's next deadline
         nudges,  # its open nudges back into the outbox
+        odds,  # the odds asked for by its customers go
     ]
     if view is not None:
         listeners.append(view)  # its marks are checked, the partition rewritten if behind
@@ -230,6 +235,7 @@ def build_worker(
         ledger=ledger,
         view=view,
         clock=clock,
+        odds=odds,
     )
     install_batch_path(app, BatchPipeline(settings.touchpoints_topic, agent.handle, lifecycle, on_fatal))
 
@@ -248,7 +254,15 @@ def build_worker(
 
     # 6. Timers: the clock and the watchdog.
     ticker = ClockTicker(
-        settings.touchpoints_topic, lifecycle, deadlines, nudges, batches, metrics, clock, settings.app_id
+        settings.touchpoints_topic,
+        lifecycle,
+        deadlines,
+        nudges,
+        batches,
+        metrics,
+        clock,
+        settings.app_id,
+        odds,
     )
 
     async def clock_tick() -> None:
@@ -296,6 +310,7 @@ def build_worker(
         view,
         batches,
     )
+    odds.figures = partial(FIGURES_CACHE.get, worker)  # every worker's figures, gathered at most every 15 s
     worker.health["recovery"] = recovery.to_dict
     worker.health["group"] = role.to_dict
     worker.role = role

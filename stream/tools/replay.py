@@ -35,6 +35,7 @@ from models.events import (
     CLOCK_HEADER,
     DELIVERY_HEADER,
     ERASE_HEADER,
+    ODDS_HEADER,
     Clock,
     Rejection,
     parse_erase,
@@ -49,7 +50,9 @@ from stream.settings import Settings
 from stream.tools.kafka import Record, read_topic
 
 # The worker's own records and copies: each fold makes its own from the events.
-SKIPPED = frozenset((CLOCK_HEADER, DELIVERY_HEADER, LINK_HEADER, MERGE_HEADER, REKEYED_HEADER, MOVED_HEADER))
+SKIPPED = frozenset(
+    (CLOCK_HEADER, DELIVERY_HEADER, LINK_HEADER, MERGE_HEADER, REKEYED_HEADER, MOVED_HEADER, ODDS_HEADER)
+)
 
 
 @dataclass(slots=True)

@@ -330,14 +330,14 @@ def forensics(
 
 
 def settled_states(
-    settings: Settings, timeout: float = 30.0
+    settings: Settings, timeout: float = 30.0, jmap: Any = MAP
 ) -> tuple[dict[str, CustomerState], dict[str, CustomerState]]:
     """The stored states and the plain fold of the touchpoints topic, once they
     agree or ``timeout`` passes: clock records for deadlines that came due
     may still be arriving after the input lag reached zero."""
     deadline = time.monotonic() + timeout
     while True:
-        folded = fold_topic(settings)
+        folded = fold_topic(settings, jmap)
         got = stored_states(settings)
         if got == folded or time.monotonic() > deadline:
             return got, folded
@@ -459,9 +459,11 @@ def fold_topic(settings: Settings, jmap: Any = MAP) -> dict[str, CustomerState]:
         CLOCK_HEADER,
         DELIVERY_HEADER,
         ERASE_HEADER,
+        ODDS_HEADER,
         parse_clock,
         parse_delivery,
         parse_erase,
+        parse_odds,
     )
     from models.identity import LINK_HEADER, MERGE_HEADER, parse_link, parse_merge
     from models.reducer import fold
@@ -479,6 +481,8 @@ def fold_topic(settings: Settings, jmap: Any = MAP) -> dict[str, CustomerState]:
             parsed = parse_link(rec.value, rec.key)
         elif MERGE_HEADER in rec.headers:
             parsed = parse_merge(rec.value, rec.key, jmap)
+        elif ODDS_HEADER in rec.headers:
+            parsed = parse_odds(rec.value, rec.key)
         else:
             parsed = parse_touchpoint(rec.value, jmap, key=rec.key)
         if not isinstance(parsed, Rejection):
