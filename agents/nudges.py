@@ -38,6 +38,7 @@ from models.journey_map import JourneyMap
 from models.nudges import quiet_release
 from models.outputs import Nudge
 from models.state import CustomerState
+from models.timeutil import local_day_start, zone
 from stream.engine.batching import NewBatches, PartitionBatches
 from stream.engine.lifecycle import PartitionListener
 from stream.engine.metrics import TrackerMetrics
@@ -212,6 +213,7 @@ class NudgeDispatcher(PartitionListener):
                     created_at=ref.created_at,
                     held_out=ref.held_out,
                     cooldown_s=policy.cooldown_s,
+                    tz=state.tz,
                 ),
             )
 
@@ -246,7 +248,8 @@ class NudgeDispatcher(PartitionListener):
                 self._count(n.kind, "expired")
                 del self.pending[nudge_id]
                 continue
-            release = quiet_release(rules.quiet_hours, now)
+            tz = zone(n.tz or rules.time_zone)
+            release = quiet_release(rules.quiet_hours, now, tz)
             if release is not None:
                 p.not_before = release
                 if not p.quiet_counted:
@@ -266,6 +269,10 @@ class NudgeDispatcher(PartitionListener):
                 cap_count=rules.cap_count,
                 cap_window_s=rules.cap_window_s,
                 held_out=p.nudge.held_out,
+                day_start_ms=local_day_start(now, zone(p.nudge.tz or rules.time_zone))
+                if rules.daily_cap
+                else 0,
+                daily_cap=rules.daily_cap or 0,
             )
             for p in due
         ]

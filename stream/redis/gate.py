@@ -4,8 +4,10 @@ One Lua script decides each nudge once, for every worker at once:
 
 * a nudge id already decided gets the same decision back (a replay, a
   restart, a second worker after a rebalance);
-* a cooldown key per customer and kind, and a rolling window of sends per
-  customer (a sorted set), cap what goes out: ``capped``;
+* a cooldown key per customer and kind, a rolling window of sends per
+  customer (a sorted set) and, if the map sets ``daily_cap``, the sends
+  since the local midnight of the customer's zone (the caller passes it)
+  cap what goes out: ``capped``;
 * otherwise the cooldown and the window record it, and the decision is
   ``sent`` or, for a held-out customer, ``held_out``.
 
@@ -49,14 +51,20 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('SET', KEYS[1], 'done:capped', 'PX', ARGV[6])
   return 'done:capped'
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[4]))
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then
+local window = tonumber(ARGV[4])
+local day = tonumber(ARGV[8])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. math.min(now - window, day))
+if redis.call('ZCOUNT', KEYS[3], '(' .. (now - window), '+inf') >= tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[1], 'done:capped', 'PX', ARGV[6])
+  return 'done:capped'
+end
+if tonumber(ARGV[9]) > 0 and redis.call('ZCOUNT', KEYS[3], day, '+inf') >= tonumber(ARGV[9]) then
   redis.call('SET', KEYS[1], 'done:capped', 'PX', ARGV[6])
   return 'done:capped'
 end
 redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[3], now, ARGV[7])
-redis.call('PEXPIRE', KEYS[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[3], math.max(window, now - day + 86400000))
 local d = 'pending:sent'
 if ARGV[5] == '1' then d = 'pending:held_out' end
 redis.call('SET', KEYS[1], d, 'PX', ARGV[6])
@@ -96,6 +104,8 @@ class ClaimRequest:
     cap_count: int
     cap_window_s: int
     held_out: bool
+    day_start_ms: int = 0  # the local midnight of today in the customer's zone
+    daily_cap: int = 0  # 0: none
 
 
 class NudgeGate:
@@ -134,6 +144,8 @@ class NudgeGate:
                     int(r.held_out),
                     self._ttl_ms,
                     r.nudge_id,
+                    r.day_start_ms or r.now_ms,
+                    r.daily_cap,
                 ]
                 await self._script(keys=self._keys(r.customer, r.kind, r.nudge_id), args=args, client=pipe)
             raw = await pipe.execute()
