@@ -58,6 +58,7 @@ class Persona:
     weight: int
     channels: tuple[tuple[str, int], ...]  # (channel, weight) for events of no fixed channel
     walk: Walk
+    delay_h: float = 3.0  # mean hours between two of a customer's events (exponential)
 
 
 def _some(rng: random.Random, options: list[str], lo: int, hi: int) -> list[str]:
@@ -75,9 +76,9 @@ def _browser(rng: random.Random) -> list[str]:
     return out
 
 
-def _comparer(rng: random.Random) -> list[str]:
+def _comparer(rng: random.Random, treated: bool = False) -> list[str]:
     out = _some(rng, AWARE, 1, 2) + _some(rng, CONSIDER, 2, 5)
-    if rng.random() < 0.7:
+    if rng.random() < (0.85 if treated else 0.7):  # the experiment's treatment carts more often
         out.append("add_to_cart")
         if rng.random() < 0.5:
             out.append("checkout_started")
@@ -124,14 +125,32 @@ def _lapsed(rng: random.Random) -> list[str]:
     return out
 
 
+# Each persona converts at its own rate (its walk) and its own pace
+# (delay_h): there is something for next-stage odds to learn (bench/odds.py).
 PERSONAS: tuple[Persona, ...] = (
-    Persona("browser", 30, (("web", 5), ("mobile_app", 3), ("social", 2)), _browser),
-    Persona("comparer", 20, (("web", 6), ("mobile_app", 3), ("chat", 1)), _comparer),
-    Persona("buyer", 25, (("web", 5), ("mobile_app", 4), ("store", 1)), _buyer),
-    Persona("loyal", 10, (("mobile_app", 5), ("web", 3), ("email", 2)), _loyal),
-    Persona("complainer", 8, (("web", 4), ("phone", 3), ("chat", 3)), _complainer),
-    Persona("lapsed", 7, (("email", 4), ("web", 4), ("ads", 2)), _lapsed),
+    Persona("browser", 30, (("web", 5), ("mobile_app", 3), ("social", 2)), _browser, 8.0),
+    Persona("comparer", 20, (("web", 6), ("mobile_app", 3), ("chat", 1)), _comparer, 6.0),
+    Persona("buyer", 25, (("web", 5), ("mobile_app", 4), ("store", 1)), _buyer, 1.0),
+    Persona("loyal", 10, (("mobile_app", 5), ("web", 3), ("email", 2)), _loyal, 2.0),
+    Persona("complainer", 8, (("web", 4), ("phone", 3), ("chat", 3)), _complainer, 3.0),
+    Persona("lapsed", 7, (("email", 4), ("web", 4), ("ads", 2)), _lapsed, 12.0),
 )
+# The default map's dimensions (models/default_map.yaml), drawn from the
+# customer's number so the random draws (and so the journeys) stay those of
+# the seed: a device class from the channel, an A/B variant, a segment from
+# the persona, and a time zone.
+ZONES = ("Europe/Berlin", "America/New_York", "Asia/Tokyo", "UTC")
+SEGMENTS = {"loyal": "vip", "buyer": "returning", "complainer": "returning"}
+
+
+def _describe(i: int, persona: Persona, channel: str, first: bool) -> dict[str, object]:
+    props: dict[str, object] = {"persona": persona.name}
+    props["device"] = "mobile" if channel == "mobile_app" else ("tablet" if i % 7 == 0 else "desktop")
+    if first:
+        props["variant"] = "treatment" if i % 2 else "control"
+        props["segment"] = SEGMENTS.get(persona.name, "new")
+        props["tz"] = ZONES[i % len(ZONES)]
+    return props
 
 
 def _event(eid: str, cid: str, etype: str, channel: str, ts: int, props: dict[str, object] | None) -> bytes:
@@ -197,16 +216,16 @@ def generate(
         cid = f"cust-{seed}-{i:06d}"
         names, cw = zip(*persona.channels, strict=True)
         ts = now - int(rng.uniform(0, span_days) * DAY_MS)
-        walk = persona.walk(rng)
+        walk = _comparer(rng, bool(i % 2)) if persona.walk is _comparer else persona.walk(rng)
         # Two anonymous devices before the login (only drawn for when asked: a
         # seed gives the same customers as before without it).
         login = len(walk) // 2 if devices and len(walk) >= 2 and rng.random() < devices else 0
         dev_a, dev_b = f"anon-{seed}-{i:06d}-a", f"anon-{seed}-{i:06d}-b"
         for n, etype in enumerate(walk):
             channel = FIXED_CHANNEL.get(etype) or rng.choices(names, cw)[0]
-            props: dict[str, object] | None = {"persona": persona.name}
+            props: dict[str, object] | None = _describe(i, persona, channel, n == 0)
             if etype == "purchase":
-                props = {"persona": persona.name, "order_value": round(rng.uniform(5, 400), 2)}
+                props = {**(props or {}), "order_value": round(rng.uniform(5, 400), 2)}
             who = cid
             if n < login:
                 who = dev_a if n % 2 == 0 else dev_b
@@ -219,7 +238,7 @@ def generate(
             value = _event(f"{who}-e{n}", who, etype, channel, ts, props)
             timed.append((ts, seq, SimMessage(who.encode(), value)))
             seq += 1
-            ts = min(now, ts + int(rng.expovariate(1 / (3 * HOUR_MS))) + 1000)
+            ts = min(now, ts + int(rng.expovariate(1 / (persona.delay_h * HOUR_MS))) + 1000)
     timed.sort(key=lambda t: (t[0], t[1]))
     out: list[SimMessage] = []
     later: list[tuple[int, SimMessage]] = []
