@@ -125,14 +125,14 @@ def test_broker_restart_on_a_stack_with_history(spawn: list[WorkerProcess], tmp_
 @pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_kill_rounds(store: str, spawn: list[WorkerProcess], tmp_path: Path) -> None:
     """SIGKILLs at random moments in one stream: five in 100,000 events under
-    JOURNEY_TEST_LONG (make soak), three in 53,000 in make test."""
-    rounds, customers, rate = (5, 17_000, 1200.0) if LONG else (3, 9_000, 800.0)
+    JOURNEY_TEST_LONG (make soak), two in 35,000 in make test."""
+    rounds, customers, rate = (5, 17_000, 1200.0) if LONG else (2, 6_000, 800.0)
     settings = make_settings(tmp_path, store=store)
     messages = generate(customers, seed=23, duplicates=0.03, malformed=0.01, now_ms=NOW_MS)
     want = expected(messages)
     ensure_topics(settings, tracker_topics(settings))
     rng = random.Random(23)
-    # About 85 s (66 s) of stream: the rounds (a start, a recovery and a kill
+    # About 85 s (44 s) of stream: the rounds (a start, a recovery and a kill
     # each) all fall inside it.
     sender = threading.Thread(target=send_messages, args=(settings, messages, rate))
     sender.start()
