@@ -54,7 +54,11 @@ def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
                     {"type": "integer", "minimum": 0, "description": "epoch milliseconds"},
                 ]
             },
-            "properties": {"type": "object", "description": "free-form; drift signals read some keys"},
+            "properties": {
+                "type": "object",
+                "description": "free-form; drift signals and the map's dimensions read some keys;"
+                " tz must be an IANA time zone",
+            },
         },
     }
     result = {
@@ -93,6 +97,28 @@ def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
             "stall": {"type": ["object", "null"]},
             "drift": {"type": ["object", "null"]},
             "nudges": {"type": "array", "items": {"type": "object"}},
+            "next_stage_odds": {
+                "type": ["object", "null"],
+                "description": "the chance of a later stage within the map's horizon, with its evidence"
+                " (README 'Next-stage odds'); null in an exit or the last stage",
+                "properties": {
+                    "stage": {"type": "string"},
+                    "horizon_seconds": {"type": "integer"},
+                    "waited_seconds": {"type": "number"},
+                    "estimated_from": {"type": "string", "description": "all customers, or dimension=value"},
+                    "probability": {"type": "number", "minimum": 0, "maximum": 1},
+                    "interval": {"type": ["object", "null"]},
+                    "expected_wait_seconds": {"type": ["number", "null"]},
+                    "evidence": {
+                        "type": "object",
+                        "properties": {
+                            "customers": {"type": "integer"},
+                            "converted": {"type": "integer"},
+                            "at_risk": {"type": "integer"},
+                        },
+                    },
+                },
+            },
         },
     }
     named_count = {
@@ -134,6 +160,7 @@ def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
                             "type": ["number", "null"],
                             "description": "from the time-in-stage histogram of every worker",
                         },
+                        "p90_seconds_in_stage": {"type": ["number", "null"]},
                         "top_touchpoints": named_count,
                         "top_channels": named_count,
                         "mean_drift_score": {"type": ["number", "null"]},
@@ -141,7 +168,25 @@ def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
                 },
             },
             "conversion": {"type": "array", "items": _ref("Conversion")},
-            "bottleneck": {"oneOf": [_ref("Conversion"), {"type": "null"}]},
+            "bottleneck": {
+                "type": ["object", "null"],
+                "description": "the stage that loses the most of those who reached it, from the flows",
+            },
+            "flows": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "from": {"type": "string"},
+                        "to": {"type": "string"},
+                        "customers": {"type": "integer"},
+                    },
+                },
+            },
+            "after_stall": {"type": "array", "items": {"type": "object"}},
+            "time_to_convert": {"type": "array", "items": {"type": "object"}},
+            "lift": {"type": "array", "items": {"type": "object"}},
+            "dimensions": {"type": "array", "items": {"type": "object"}},
             "workers": {
                 "type": "object",
                 "properties": {
@@ -297,10 +342,24 @@ def document(settings: Settings, jmap: JourneyMap) -> dict[str, Any]:
             },
             "/funnel": {
                 "get": {
-                    "summary": "The funnel over all workers: counts, conversion, time in stage, bottleneck",
+                    "summary": "The funnel over all workers: counts, conversion, time in stage, flows,"
+                    " bottleneck, time to convert, lift, dimensions",
+                    "parameters": [
+                        {
+                            "name": "dimension",
+                            "in": "query",
+                            "schema": {
+                                "type": "string",
+                                **({"enum": [d.name for d in jmap.dimensions]} if jmap.dimensions else {}),
+                            },
+                            "description": "with value: one dimension value's customers only",
+                        },
+                        {"name": "value", "in": "query", "schema": {"type": "string"}},
+                    ],
                     "responses": {
                         "200": _json(_ref("Funnel"), "every worker answered"),
                         "206": _json(_ref("Funnel"), "some workers did not answer (listed in workers)"),
+                        "400": _json(error, "a dimension or value the map does not declare"),
                         "401": _json(error, "a bearer token is required"),
                     },
                 }
