@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from yaml.nodes import Node, ScalarNode
@@ -61,6 +61,12 @@ class Dimension:
     values: tuple[str, ...]
     keep: Keep = "first"
     experiment: bool = False
+    allowed: frozenset[str] = field(init=False, repr=False, compare=False)
+    keep_first: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed", frozenset(self.values))
+        object.__setattr__(self, "keep_first", self.keep == "first")
 
     def labels(self) -> tuple[str, ...]:
         """Every value a customer can have in this dimension."""
@@ -96,14 +102,13 @@ def update_dims(
     if props is None or not dims:
         return None
     out: dict[str, str] | None = None
-    for d in dims:
-        if d.property not in props:
+    for d in dims:  # per event: one lookup per dimension in the common case
+        raw = props.get(d.property)
+        if raw is None:
             continue
-        value = d.value_of(props[d.property])
-        if value is None:
-            continue
+        value = raw if raw.__class__ is str and raw in d.allowed else OTHER
         had = current.get(d.name)
-        if had == value or (d.keep == "first" and had is not None):
+        if had == value or (had is not None and d.keep_first):
             continue
         if out is None:
             out = dict(current)

@@ -159,7 +159,7 @@ class _Working:
             odds_checked=state.odds_checked,
             odds_asked=state.odds_asked,
         )
-        self.dims, self.tz, self.flows = state.dims, state.tz, dict(state.flows)
+        self.dims, self.tz, self.flows = state.dims, state.tz, state.flows  # flows: copied on a move
         self.extras.tz = state.tz
         self.after_stall, self.outcomes = state.after_stall, state.outcomes
         self.outputs_from = len(outputs)  # the outputs of this run: its nudge outcomes are counted
@@ -204,7 +204,8 @@ class _Working:
         self.stage, self.stage_entered_at = stage, at
         self.stages.setdefault(stage, at)
         key = f"{frm or ''}>{stage}"
-        self.flows[key] = self.flows.get(key, 0) + 1
+        flows = self.flows
+        self.flows = {**flows, key: flows.get(key, 0) + 1}
         return t
 
     def describe(self, jmap: JourneyMap, props: dict[str, Any]) -> None:
@@ -299,7 +300,10 @@ class _Working:
 
     def _outcomes(self) -> dict[str, int]:
         """The customer's nudge outcomes with those this run's outputs record."""
-        new = [o for o in self.extras.outputs[self.outputs_from :] if type(o) is NudgeOutcome]
+        outputs = self.extras.outputs
+        if len(outputs) == self.outputs_from:
+            return self.outcomes
+        new = [o for o in outputs[self.outputs_from :] if type(o) is NudgeOutcome]
         if not new:
             return self.outcomes
         out = dict(self.outcomes)

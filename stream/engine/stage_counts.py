@@ -53,18 +53,24 @@ class Figures:
     # behind a "dimension=value/" prefix:
     flows: Counter[str] = field(default_factory=Counter)  # "from>to": moves made (">to": first stages)
     after_stall: Counter[str] = field(default_factory=Counter)  # "stage|next type|stage after"
-    ttc: Counter[str] = field(
-        default_factory=Counter
-    )  # "a>b|bucket": reached b that long after a ("a>+": any later)
+    # "a>b|bucket": reached b that long after a ("a>+": any later stage)
+    ttc: Counter[str] = field(default_factory=Counter)
     ttc_waiting: Counter[str] = field(default_factory=Counter)  # "a>b": reached a, not b yet
     waiting: Counter[str] = field(default_factory=Counter)  # "a|minute": reached a then, no later stage yet
     outcomes: Counter[str] = field(default_factory=Counter)  # "kind|group|outcome": nudge outcomes
+    # name -> counter, for the hot path (one dict lookup instead of getattr)
+    counters: dict[str, Counter[str]] = field(init=False, repr=False, compare=False)
 
-    def add(self, other: Figures, sign: int = 1, names: Iterable[str] | None = None) -> None:
+    def __post_init__(self) -> None:
+        self.counters = {name: getattr(self, name) for name in FIGURES}
+
+    def add(
+        self, other: Figures, sign: int = 1, names: Iterable[str] | None = None, prefix: str = ""
+    ) -> None:
         for name in FIGURES if names is None else names:
             mine: Counter[str] = getattr(self, name)
             for k, v in getattr(other, name).items():
-                mine[k] += sign * v
+                mine[prefix + k] += sign * v
 
     def to_dict(self) -> dict[str, dict[str, float]]:
         return {name: {k: v for k, v in getattr(self, name).items() if v} for name in FIGURES}
@@ -95,21 +101,36 @@ ENTRY = "(entry)"  # the "from" of a customer's first stage (flows)
 ONWARD = "+"  # time to convert to any later stage that is not an exit ("a>+")
 
 
-def _apply(figures: Figures, contributions: list[tuple[str, str, float]], sign: int) -> None:
+Entry = tuple[str, str, int]  # (figure, key, amount)
+
+
+def _apply(figures: Figures, contributions: Iterable[Entry], sign: int) -> None:
+    counters = figures.counters
     for name, key, amount in contributions:
-        getattr(figures, name)[key] += sign * amount
+        mine = counters[name]
+        mine[key] = mine.get(key, 0) + sign * amount
 
 
-def _same_stage(part: Figures, before: CustomerState, after: CustomerState) -> None:
+def _delta(old: list[Entry], new: list[Entry]) -> list[Entry]:
+    """``new`` minus ``old``, as entries, the unchanged ones left out."""
+    out: dict[tuple[str, str], int] = {}
+    for name, key, n in new:
+        out[name, key] = out.get((name, key), 0) + n
+    for name, key, n in old:
+        out[name, key] = out.get((name, key), 0) - n
+    return [(name, key, n) for (name, key), n in out.items() if n]
+
+
+def _same_stage(part: Figures, before: CustomerState, after: CustomerState, stall: bool = True) -> None:
     """:meth:`StageCounts.update` when the stage, the stages reached and the
     first touch are the same (most changes: events that move nobody). Only
     the stall, the event counts and the drift score can differ, so only
     they are counted again (the two contributions' difference, without
-    building them)."""
+    building them). ``stall=False``: the stall is counted elsewhere."""
     stage = after.stage
     old_stall = before.stall.stage if before.stall is not None else None
     new_stall = after.stall.stage if after.stall is not None else None
-    if old_stall != new_stall:
+    if stall and old_stall != new_stall:
         if old_stall is not None:
             part.stalled[old_stall] -= 1
         if new_stall is not None:
@@ -155,6 +176,7 @@ class StageCounts(Collector, PartitionListener):
         self._shadow_name = f"{prefix}_shadow_customers"
         self.shadow = False  # blue/green: a shadow group exports its gauge under the shadow name
         self._parts: dict[int, Figures] = {}
+        self._slices: dict[int, dict[str, Figures]] = {}  # per partition, per "dimension=value"
         self.jmap = jmap
         self._dims: tuple[Dimension, ...] = jmap.dimensions if jmap is not None else ()
         self._odds_by = jmap.insight.odds.by if jmap is not None else None
@@ -169,6 +191,7 @@ class StageCounts(Collector, PartitionListener):
                 (a.name, e) for a in live for e in exits
             )
             self._later = {a.name: tuple(b.name for b in live if b.index > a.index) for a in live}
+        self._dim_index = {d.name: i for i, d in enumerate(self._dims)}
         self._sliced_ttc = frozenset(f"{a}>{b}" for a, b in self._pairs) | {
             f"{a}>{ONWARD}" for a in self._later
         }
@@ -186,63 +209,131 @@ class StageCounts(Collector, PartitionListener):
     def pairs(self) -> tuple[tuple[str, str], ...]:
         return self._pairs
 
-    def contributions(self, state: CustomerState) -> list[tuple[str, str, float]]:
-        """One customer's contribution: (figure, key, amount) triples (cheaper
-        than a Figures of many Counters, twice per changed customer)."""
-        stage = state.stage
+    def contributions(self, state: CustomerState) -> list[Entry]:
+        """One customer's contribution to all customers' figures: (figure,
+        key, amount) triples (its dimension values' are the sliced ones of
+        :meth:`_whole`)."""
+        only, sliced, waiting, _ = self._whole(state)
+        return only + sliced + waiting
+
+    def _whole(self, state: CustomerState) -> tuple[list[Entry], list[Entry], list[Entry], tuple[str, ...]]:
+        """A customer's whole contribution: the entries of all customers only,
+        those counted for its dimension values too, the odds' waiting
+        entries (for the odds' dimension too), and its dimension values."""
+        only = self._extras(state)
+        if self.jmap is None:
+            return only, self._base(state), [], ()
+        stage_sliced, unsliced, waiting = self._stages_part(state)
+        sliced = self._base(state) + self._flows(state) + self._after(state) + self._outcomes(state)
+        return (
+            only + unsliced,
+            sliced + stage_sliced,
+            [("waiting", w, 1) for w in waiting],
+            self._values(state),
+        )
+
+    def _slice(self, partition: int, d: Dimension, value: str) -> Figures:
+        mine = self._slices.setdefault(partition, {})
+        key = f"{d.name}={value}"
+        out = mine.get(key)
+        if out is None:
+            out = mine[key] = Figures()
+        return out
+
+    def _add(self, partition: int, part: Figures, state: CustomerState, sign: int) -> None:
+        """Count a customer in (sign 1) or out (-1) of a partition's figures and its dimension values'."""
+        only, sliced, waiting, values = self._whole(state)
+        _apply(part, only, sign)
+        _apply(part, sliced, sign)
+        _apply(part, waiting, sign)
+        for d, v in zip(self._dims, values, strict=True):
+            figures = self._slice(partition, d, v)
+            _apply(figures, sliced, sign)
+            if d.name == self._odds_by:
+                _apply(figures, waiting, sign)
+
+    # The contribution in parts, each from its own fields of the state, so an
+    # update recounts only the parts whose fields changed.
+    def _base(self, state: CustomerState) -> list[Entry]:
+        """The stage, the stages reached, consecutive conversions, an open stall."""
         stages = state.stages
-        core: list[tuple[str, str, float]] = [("customers", stage, 1)]
-        core += [("reached", s, 1) for s in stages]
+        out: list[Entry] = [("customers", state.stage, 1)]
+        out += [("reached", s, 1) for s in stages]
         for a, b in self._pairs:
             if a in stages and not self._onward[b].isdisjoint(stages):
-                core.append(("pairs", f"{a}>{b}", 1))
+                out.append(("pairs", f"{a}>{b}", 1))
         if state.stall is not None:
-            core.append(("stalled", state.stall.stage, 1))
-        out: list[tuple[str, str, float]] = [
-            ("touchpoints", f"{stage}|{t}", n) for t, n in state.type_counts.items()
-        ]
+            out.append(("stalled", state.stall.stage, 1))
+        return out
+
+    @staticmethod
+    def _extras(state: CustomerState) -> list[Entry]:
+        """Figures of all customers only: event counts, first-touch channel, drift."""
+        stage = state.stage
+        out: list[Entry] = [("touchpoints", f"{stage}|{t}", n) for t, n in state.type_counts.items()]
         out.append(("channels", f"{stage}|{state.first_touch_channel}", 1))
         if state.drift is not None:
             out.append(("scored", stage, 1))
             out.append(("score_sum", stage, round(state.drift.score * 1000)))  # milli-points: exact sums
-        if self.jmap is None:
-            return core + out
-        core += [("flows", k, n) for k, n in state.flows.items()]
-        core += [("after_stall", f"{st}|{t}|{after}", 1) for _, st, t, after in state.after_stall]
-        core += [("outcomes", k, n) for k, n in state.outcomes.items()]
+        return out
+
+    @staticmethod
+    def _flows(state: CustomerState) -> list[Entry]:
+        return [("flows", k, n) for k, n in state.flows.items()]
+
+    @staticmethod
+    def _after(state: CustomerState) -> list[Entry]:
+        return [("after_stall", f"{st}|{t}|{after}", 1) for _, st, t, after in state.after_stall]
+
+    @staticmethod
+    def _outcomes(state: CustomerState) -> list[Entry]:
+        return [("outcomes", k, n) for k, n in state.outcomes.items()]
+
+    def _values(self, state: CustomerState) -> tuple[str, ...]:
+        return tuple(dim_value(state.dims, d) for d in self._dims)
+
+    def _stages_part(
+        self, state: CustomerState, changed: frozenset[str] | None = None
+    ) -> tuple[list[Entry], list[Entry], list[str]]:
+        """Time to convert from the stages reached: the entries counted per
+        dimension value too (consecutive pairs and onward: all pairs times
+        every value would be thousands of keys), those of all customers
+        only, and the odds' waiting customers (reached a stage, no later one
+        yet, by the minute they reached it). ``changed``: only the pairs with
+        a stage whose first time changed (an update: the others are the same
+        before and after)."""
+        stages = state.stages
+        sliced: list[Entry] = []
+        unsliced: list[Entry] = []
         for a, b in self.ttc_pairs:
+            if changed is not None and a not in changed and b not in changed:
+                continue
             at = stages.get(a)
             if at is None:
                 continue
             bt = stages.get(b)
+            pair = f"{a}>{b}"
             if bt is None:
-                core.append(("ttc_waiting", f"{a}>{b}", 1))
+                entry = ("ttc_waiting", pair, 1)
             elif bt >= at:
-                core.append(("ttc", f"{a}>{b}|{bucket((bt - at) / 1000)}", 1))
-        # The odds' censored customers (models.insight.odds): reached a stage,
-        # no later one yet, by the minute they reached it.
+                entry = ("ttc", f"{pair}|{bucket((bt - at) / 1000)}", 1)
+            else:
+                continue
+            (sliced if pair in self._sliced_ttc else unsliced).append(entry)
         waiting: list[str] = []
         for a, later in self._later.items():
             at = stages.get(a)
             if at is None or not later:
                 continue
+            if changed is not None and a not in changed and changed.isdisjoint(later):
+                continue
             onward = [t for b in later if (t := stages.get(b)) is not None and t >= at]
             if onward:
-                core.append(("ttc", f"{a}>{ONWARD}|{bucket((min(onward) - at) / 1000)}", 1))
+                sliced.append(("ttc", f"{a}>{ONWARD}|{bucket((min(onward) - at) / 1000)}", 1))
             else:
-                core.append(("ttc_waiting", f"{a}>{ONWARD}", 1))
+                sliced.append(("ttc_waiting", f"{a}>{ONWARD}", 1))
                 waiting.append(f"{a}|{at // MINUTE_MS}")
-        out += [("waiting", w, 1) for w in waiting]
-        # Per dimension value, time to convert between consecutive stages
-        # (and onward) only: all pairs times every value would be thousands of keys.
-        sliced = [c for c in core if c[0] != "ttc" or c[1].rsplit("|", 1)[0] in self._sliced_ttc]
-        for d in self._dims:
-            v = dim_value(state.dims, d)
-            pre = f"{d.name}={v}/"
-            out += [(name, pre + key, n) for name, key, n in sliced]
-            if d.name == self._odds_by:
-                out += [("waiting", pre + w, 1) for w in waiting]
-        return core + out
+        return sliced, unsliced, waiting
 
     def update(self, partition: int, before: CustomerState | None, after: CustomerState | None) -> None:
         """A customer's state changed from ``before`` to ``after`` (None: absent or erased)."""
@@ -253,34 +344,68 @@ class StageCounts(Collector, PartitionListener):
             before = None
         if after is not None and after.merged_into is not None:
             after = None
-        if (
-            before is not None
-            and after is not None
-            and before.stage == after.stage
-            and before.first_touch_channel == after.first_touch_channel
-            and before.stages == after.stages
-            and (
-                self.jmap is None
-                or (
-                    before.flows == after.flows
-                    and before.after_stall == after.after_stall
-                    and before.outcomes == after.outcomes
-                    and before.dims == after.dims
-                    and (before.stall is None) == (after.stall is None)
-                )
-            )
-        ):
-            _same_stage(part, before, after)
+        if before is None or after is None:
+            if before is not None:
+                self._add(partition, part, before, -1)
+            if after is not None:
+                self._add(partition, part, after, 1)
             return
-        if before is not None:
-            _apply(part, self.contributions(before), -1)
-        if after is not None:
-            _apply(part, self.contributions(after), 1)
+        same_stage = before.stage == after.stage and before.first_touch_channel == after.first_touch_channel
+        if self.jmap is None:
+            if same_stage and before.stages == after.stages:
+                _same_stage(part, before, after)
+            else:
+                self._add(partition, part, before, -1)
+                self._add(partition, part, after, 1)
+            return
+        values = self._values(after)
+        if self._values(before) != values:  # moved to another dimension value: everything, both ways
+            self._add(partition, part, before, -1)
+            self._add(partition, part, after, 1)
+            return
+        # The parts whose fields changed, as differences, to all customers and
+        # to the customer's (unchanged) dimension values.
+        sliced: list[Entry] = []
+        if before.stage != after.stage or before.stages != after.stages:
+            b_stages, a_stages = before.stages, after.stages
+            changed = frozenset(
+                [x for x in a_stages if b_stages.get(x) != a_stages[x]]
+                + [x for x in b_stages if x not in a_stages]
+            )
+            sb, ub, wb = self._stages_part(before, changed)
+            sa, ua, wa = self._stages_part(after, changed)
+            sliced += _delta(self._base(before) + sb, self._base(after) + sa)
+            _apply(part, _delta(ub, ua), 1)
+            waiting = _delta([("waiting", w, 1) for w in wb], [("waiting", w, 1) for w in wa])
+            _apply(part, waiting, 1)
+            if self._odds_by is not None:
+                i = self._dim_index[self._odds_by]
+                _apply(self._slice(partition, self._dims[i], values[i]), waiting, 1)
+        elif (before.stall is None) != (after.stall is None) or (
+            before.stall is not None and after.stall is not None and before.stall.stage != after.stall.stage
+        ):
+            sliced += _delta(self._base(before), self._base(after))
+        if before.flows != after.flows:
+            sliced += _delta(self._flows(before), self._flows(after))
+        if before.after_stall != after.after_stall:
+            sliced += _delta(self._after(before), self._after(after))
+        if before.outcomes != after.outcomes:
+            sliced += _delta(self._outcomes(before), self._outcomes(after))
+        if same_stage:
+            _same_stage(part, before, after, stall=False)
+        else:
+            _apply(part, _delta(self._extras(before), self._extras(after)), 1)
+        if sliced:
+            _apply(part, sliced, 1)
+            for d, v in zip(self._dims, values, strict=True):
+                _apply(self._slice(partition, d, v), sliced, 1)
 
     def totals(self, names: Iterable[str] | None = None) -> Figures:
         out = Figures(customers=Counter({s: 0 for s in self._stages}))
-        for part in self._parts.values():
+        for p, part in self._parts.items():
             out.add(part, names=names)
+            for key, figures in self._slices.get(p, {}).items():
+                out.add(figures, names=names, prefix=f"{key}/")
         return out
 
     def collect(self) -> Iterator[Metric]:
@@ -316,11 +441,23 @@ class StageCounts(Collector, PartitionListener):
             'Moves between stages made by the customers tracked now (from="(entry)": their first stage)',
             labels=["from_stage", "to_stage"],
         )
+        seg_flows = GaugeMetricFamily(
+            f"{p}_segment_flows",
+            "Moves between stages per dimension value (the map's dimensions)",
+            labels=["dimension", "value", "from_stage", "to_stage"],
+        )
         for key, n in sorted(total.flows.items()):
-            if "/" not in key and n:
-                a, b = key.split(">", 1)
+            if not n:
+                continue
+            slice_, _, bare = key.rpartition("/")
+            a, b = bare.split(">", 1)
+            if not slice_:
                 flows.add_metric([a or ENTRY, b], n)
+            else:
+                d, v = slice_.split("=", 1)
+                seg_flows.add_metric([d, v, a or ENTRY, b], n)
         yield flows
+        yield seg_flows
         by_pair: dict[str, dict[int, float]] = {}
         for key, n in total.ttc.items():
             pair, i = key.rsplit("|", 1)
@@ -369,12 +506,15 @@ class StageCounts(Collector, PartitionListener):
     # PartitionListener
     def on_partition_recovered(self, partition: int) -> None:
         self._parts[partition] = Figures()
+        self._slices[partition] = {}
 
     def on_partition_loaded(self, partition: int, states: Sequence[CustomerState]) -> None:
         part = self._parts.get(partition)
         if part is not None:
             for s in states:
-                _apply(part, self.contributions(s), 1)
+                if s.merged_into is None:  # an alias counts nowhere
+                    self._add(partition, part, s, 1)
 
     def on_partition_revoked(self, partition: int) -> None:
         self._parts.pop(partition, None)
+        self._slices.pop(partition, None)

@@ -137,15 +137,16 @@ PERSONAS: tuple[Persona, ...] = (
 )
 # The default map's dimensions (models/default_map.yaml), drawn from the
 # customer's number so the random draws (and so the journeys) stay those of
-# the seed: a device class from the channel, an A/B variant, a segment from
-# the persona, and a time zone.
+# the seed: a device class, an A/B variant, a segment from the persona, and
+# a time zone.
 ZONES = ("Europe/Berlin", "America/New_York", "Asia/Tokyo", "UTC")
 SEGMENTS = {"loyal": "vip", "buyer": "returning", "complainer": "returning"}
 
 
 def _describe(i: int, persona: Persona, channel: str, first: bool) -> dict[str, object]:
     props: dict[str, object] = {"persona": persona.name}
-    props["device"] = "mobile" if channel == "mobile_app" else ("tablet" if i % 7 == 0 else "desktop")
+    # A customer's device class: their own, whichever channel an event came by.
+    props["device"] = "mobile" if i % 3 == 0 else ("tablet" if i % 7 == 0 else "desktop")
     if first:
         props["variant"] = "treatment" if i % 2 else "control"
         props["segment"] = SEGMENTS.get(persona.name, "new")
