@@ -97,6 +97,8 @@ FIGURES = (
     "outcomes",
 )
 MINUTE_MS = 60_000
+# Changed customers waiting to be counted (StageCounts.update) before a count is forced.
+PENDING_MAX = 50_000
 ENTRY = "(entry)"  # the "from" of a customer's first stage (flows)
 ONWARD = "+"  # time to convert to any later stage that is not an exit ("a>+")
 
@@ -177,6 +179,9 @@ class StageCounts(Collector, PartitionListener):
         self.shadow = False  # blue/green: a shadow group exports its gauge under the shadow name
         self._parts: dict[int, Figures] = {}
         self._slices: dict[int, dict[str, Figures]] = {}  # per partition, per "dimension=value"
+        # Changes not counted yet: per partition, customer -> (state counted, latest state)
+        self._pending: dict[int, dict[str, tuple[CustomerState | None, CustomerState | None]]] = {}
+        self._waiting = 0
         self.jmap = jmap
         self._dims: tuple[Dimension, ...] = jmap.dimensions if jmap is not None else ()
         self._odds_by = jmap.insight.odds.by if jmap is not None else None
@@ -336,7 +341,31 @@ class StageCounts(Collector, PartitionListener):
         return sliced, unsliced, waiting
 
     def update(self, partition: int, before: CustomerState | None, after: CustomerState | None) -> None:
-        """A customer's state changed from ``before`` to ``after`` (None: absent or erased)."""
+        """A customer's state changed from ``before`` to ``after`` (None: absent or erased).
+
+        Counted when the figures are next read (a scrape, ``/funnel``) or
+        once :data:`PENDING_MAX` customers wait: a customer changed by many
+        batches in between is counted once, from the state the figures hold
+        to the latest (catching up on a backlog, most are)."""
+        if partition not in self._parts or before is after:
+            return
+        pending = self._pending.setdefault(partition, {})
+        cid = after.customer_id if after is not None else before.customer_id  # type: ignore[union-attr]
+        was = pending.get(cid)
+        pending[cid] = (was[0] if was is not None else before, after)
+        self._waiting += was is None
+        if self._waiting >= PENDING_MAX:
+            self.flush()
+
+    def flush(self) -> None:
+        """Count every change still waiting."""
+        for partition, pending in self._pending.items():
+            for before, after in pending.values():
+                self._update(partition, before, after)
+        self._pending.clear()
+        self._waiting = 0
+
+    def _update(self, partition: int, before: CustomerState | None, after: CustomerState | None) -> None:
         part = self._parts.get(partition)
         if part is None or before is after:
             return
@@ -401,6 +430,7 @@ class StageCounts(Collector, PartitionListener):
                 _apply(self._slice(partition, d, v), sliced, 1)
 
     def totals(self, names: Iterable[str] | None = None) -> Figures:
+        self.flush()
         out = Figures(customers=Counter({s: 0 for s in self._stages}))
         for p, part in self._parts.items():
             out.add(part, names=names)
@@ -507,6 +537,7 @@ class StageCounts(Collector, PartitionListener):
     def on_partition_recovered(self, partition: int) -> None:
         self._parts[partition] = Figures()
         self._slices[partition] = {}
+        self._drop_pending(partition)
 
     def on_partition_loaded(self, partition: int, states: Sequence[CustomerState]) -> None:
         part = self._parts.get(partition)
@@ -518,3 +549,7 @@ class StageCounts(Collector, PartitionListener):
     def on_partition_revoked(self, partition: int) -> None:
         self._parts.pop(partition, None)
         self._slices.pop(partition, None)
+        self._drop_pending(partition)
+
+    def _drop_pending(self, partition: int) -> None:
+        self._waiting -= len(self._pending.pop(partition, {}))
