@@ -432,10 +432,9 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
             out.changed = True
             continue
         if isinstance(ev, Delivery):
+            work = _resume(work, base, outputs)
             if work is None:
-                if base is None:
-                    continue  # for nobody (an erased customer, say)
-                work = _Working(base, outputs)
+                continue  # for nobody (an erased customer, say)
             x = work.extras
             nudges = deliver(x.nudges, ev.nudge_id, ev.delivery)
             if nudges is not x.nudges:
@@ -443,10 +442,9 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
                 out.changed = True
             continue
         if isinstance(ev, OddsReading):
+            work = _resume(work, base, outputs)
             if work is None:
-                if base is None:
-                    continue  # for nobody (an erased customer, say)
-                work = _Working(base, outputs)
+                continue  # for nobody (an erased customer, say)
             x = work.extras
             was = (x.odds_checked, len(outputs))
             assert work.stage is not None
@@ -455,10 +453,9 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
                 out.changed = True
             continue
         if isinstance(ev, Clock):
+            work = _resume(work, base, outputs)
             if work is None:
-                if base is None:
-                    continue  # a clock reading for nobody (an erased customer, say)
-                work = _Working(base, outputs)
+                continue  # a clock reading for nobody (an erased customer, say)
             out.clocks += 1
             if work.expired(jmap, ev.now):
                 work = base = out.state = None
@@ -475,6 +472,13 @@ def fold_customer(jmap: JourneyMap, state: CustomerState | None, events: Iterabl
         out.changed = True
         out.state = work.freeze(jmap.version)
     return out
+
+
+def _resume(work: _Working | None, base: CustomerState | None, outputs: list[Output]) -> _Working | None:
+    """The customer being worked on: as it is, or from the stored state; None for nobody."""
+    if work is not None or base is None:
+        return work
+    return _Working(base, outputs)
 
 
 def _links(ev: Touchpoint) -> bool:

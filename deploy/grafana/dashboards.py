@@ -49,6 +49,22 @@ def series(title: str, unit: str, *targets: Dataquery, description: str = "") ->
     return panel
 
 
+def bars(title: str, description: str, target: Dataquery) -> bargauge.Panel:
+    """Horizontal bars of the latest values (the funnel, the flows)."""
+    return (
+        bargauge.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .orientation(VizOrientation.HORIZONTAL)
+        .display_mode(BarGaugeDisplayMode.GRADIENT)
+        .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .height(8)
+        .span(12)
+        .with_target(target)
+    )
+
+
 def build_dashboard() -> Dashboard:
     red_below = (
         ThresholdsConfig()
@@ -78,16 +94,11 @@ def build_dashboard() -> Dashboard:
         )
         .with_row(Row("Funnel"))
         .with_panel(
-            bargauge.Panel()
-            .title("Funnel: customers per stage now")
-            .description("Live customers per stage, summed over all workers (journey_customers)")
-            .datasource(DATASOURCE)
-            .orientation(VizOrientation.HORIZONTAL)
-            .display_mode(BarGaugeDisplayMode.GRADIENT)
-            .reduce_options(last)
-            .height(8)
-            .span(12)
-            .with_target(q("journey:customers:sum", "{{stage}}", instant=True))
+            bars(
+                "Funnel: customers per stage now",
+                "Live customers per stage, summed over all workers (journey_customers)",
+                q("journey:customers:sum", "{{stage}}", instant=True),
+            )
         )
         .with_panel(
             stat.Panel()
@@ -207,18 +218,11 @@ def build_dashboard() -> Dashboard:
         )
         .with_row(Row("Flows, time to convert, segments, lift"))
         .with_panel(
-            bargauge.Panel()
-            .title("Flows: moves between stages, customers tracked now")
-            .description(
-                "journey:flows:sum: every from → to move, skips, backward moves and defection included"
+            bars(
+                "Flows: moves between stages, customers tracked now",
+                "journey:flows:sum: every from → to move, skips, backward moves and defection included",
+                q("journey:flows:sum", "{{from_stage}} → {{to_stage}}", instant=True),
             )
-            .datasource(DATASOURCE)
-            .orientation(VizOrientation.HORIZONTAL)
-            .display_mode(BarGaugeDisplayMode.GRADIENT)
-            .reduce_options(last)
-            .height(8)
-            .span(12)
-            .with_target(q("journey:flows:sum", "{{from_stage}} → {{to_stage}}", instant=True))
         )
         .with_panel(
             series(

@@ -190,6 +190,20 @@ def start_ready_pair(
     return a, b
 
 
+def start_owning_pair(
+    settings: Settings, tmp_path: Path, spawn: list[WorkerProcess]
+) -> tuple[WorkerProcess, WorkerProcess]:
+    """:func:`start_ready_pair`, then until each worker owns half of the partitions."""
+    a, b = start_ready_pair(settings, tmp_path, spawn)
+    half = settings.partitions // 2
+    wait_for(
+        "both workers to own partitions",
+        lambda: all(len((w.health() or {}).get("partitions", [])) == half for w in (a, b)),
+        timeout=120,
+    )
+    return a, b
+
+
 def wait_processed(settings: Settings, workers: Iterable[WorkerProcess], timeout: float = 180.0) -> None:
     """Until the group has committed every touchpoint (lag 0) and stays there briefly."""
     deadline = time.monotonic() + timeout

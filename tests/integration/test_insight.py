@@ -28,7 +28,7 @@ from tests.integration.harness import (
     make_settings,
     send_messages,
     settled_states,
-    start_ready_pair,
+    start_owning_pair,
     stored_states,
     topic_records,
     wait_for,
@@ -132,12 +132,7 @@ def test_flows_time_to_convert_lift_dimensions_and_odds_over_two_workers(
     jmap = load_map(map_path)
     s = make_settings(tmp_path, partitions=4, map_path=map_path, api_token=TOKEN)
     ensure_topics(s, tracker_topics(s))
-    a, b = start_ready_pair(s, tmp_path, spawn)
-    wait_for(
-        "both workers to own partitions",
-        lambda: all(len((w.health() or {}).get("partitions", [])) == 2 for w in (a, b)),
-        timeout=120,
-    )
+    a, b = start_owning_pair(s, tmp_path, spawn)
     now = int(time.time() * 1000)
     send_messages(s, journeys(now))
 

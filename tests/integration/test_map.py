@@ -20,9 +20,8 @@ from tests.integration.harness import (
     WorkerProcess,
     make_settings,
     send_messages,
-    start_ready_pair,
+    start_owning_pair,
     stored_states,
-    wait_for,
     wait_processed,
 )
 
@@ -74,12 +73,7 @@ def test_funnel_over_two_workers_and_the_map_in_a_browser(spawn: list[WorkerProc
 
     s = make_settings(tmp_path, partitions=4, api_token=TOKEN)
     ensure_topics(s, tracker_topics(s))
-    a, b = start_ready_pair(s, tmp_path, spawn)
-    wait_for(
-        "both workers to own partitions",
-        lambda: all(len((w.health() or {}).get("partitions", [])) == 2 for w in (a, b)),
-        timeout=120,
-    )
+    a, b = start_owning_pair(s, tmp_path, spawn)
     messages = generate(1500, seed=31, duplicates=0.02, malformed=0.01)
     sender = threading.Thread(target=send_messages, args=(s, messages, 600.0))
     sender.start()
