@@ -72,14 +72,6 @@ class Dimension:
         """Every value a customer can have in this dimension."""
         return (*self.values, OTHER, UNKNOWN)
 
-    def value_of(self, raw: Any) -> str | None:
-        """The kept value for a property value (None: the property says nothing)."""
-        if raw is None:
-            return None
-        if isinstance(raw, str) and raw in self.values:
-            return raw
-        return OTHER
-
 
 @dataclass(frozen=True, slots=True)
 class OddsRules:

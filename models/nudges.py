@@ -79,9 +79,9 @@ def quiet_release(quiet: QuietHours | None, now_ms: int, tz: tzinfo = UTC) -> in
     """When a nudge due at ``now_ms`` may go: None if now is outside quiet
     hours in the customer's zone ``tz``, else the end of the quiet span
     (epoch ms). The span is local wall-clock time: 21:00-08:00 in
-    Europe/Berlin is nine hours of UTC in summer and in winter, and on the
-    nights the clocks change it is ten or twelve hours long (a local end that
-    the clocks skip is read an hour later)."""
+    Europe/Berlin is eleven hours of UTC in summer and in winter, and ten or
+    twelve on the nights the clocks change (a local end that the clocks skip
+    is read an hour later)."""
     if quiet is None:
         return None
     local = datetime.fromtimestamp(now_ms / 1000, tz)

@@ -136,7 +136,6 @@ class _Working:
         "stage_entered_at",
         "stages",
         "type_counts",
-        "tz",
     )
 
     def __init__(self, state: CustomerState, outputs: list[Output]) -> None:
@@ -159,8 +158,8 @@ class _Working:
             odds_checked=state.odds_checked,
             odds_asked=state.odds_asked,
         )
-        self.dims, self.tz, self.flows = state.dims, state.tz, state.flows  # flows: copied on a move
-        self.extras.tz = state.tz
+        self.dims, self.flows = state.dims, state.flows  # flows: copied on a move
+        self.extras.tz = state.tz  # the customer's zone: the nudges decided carry it
         self.after_stall, self.outcomes = state.after_stall, state.outcomes
         self.outputs_from = len(outputs)  # the outputs of this run: its nudge outcomes are counted
 
@@ -175,7 +174,7 @@ class _Working:
         w.events, w.type_counts, w.recent = 1, {ev.type: 1}, id_digest(ev.event_id)
         w.known, w.ids = False, ()
         w.extras = Extras(outputs=outputs)
-        w.dims, w.tz, w.flows, w.after_stall, w.outcomes = {}, "", {}, (), {}
+        w.dims, w.flows, w.after_stall, w.outcomes = {}, {}, (), {}
         w.outputs_from = len(outputs)
         if ev.properties is not None:
             w.describe(jmap, ev.properties)
@@ -216,8 +215,8 @@ class _Working:
             if dims is not None:
                 self.dims = dims
         tz = props.get(TZ)
-        if tz is not None and tz != self.tz and is_zone(tz):
-            self.tz = self.extras.tz = tz
+        if tz is not None and tz != self.extras.tz and is_zone(tz):
+            self.extras.tz = tz
 
     def after(self, jmap: JourneyMap, stall: Stall, ev: Touchpoint, stage: str) -> None:
         """The first event after a stall was found: what the customer did next."""
@@ -290,7 +289,7 @@ class _Working:
             ids=self.ids,
             map_version=map_version,
             dims=self.dims,
-            tz=self.tz,
+            tz=self.extras.tz,
             flows=self.flows,
             after_stall=self.after_stall,
             outcomes=self._outcomes(),

@@ -123,6 +123,10 @@ def _delta(old: list[Entry], new: list[Entry]) -> list[Entry]:
     return [(name, key, n) for (name, key), n in out.items() if n]
 
 
+def _stall_stage(state: CustomerState) -> str | None:
+    return state.stall.stage if state.stall is not None else None
+
+
 def _same_stage(part: Figures, before: CustomerState, after: CustomerState, stall: bool = True) -> None:
     """:meth:`StageCounts.update` when the stage, the stages reached and the
     first touch are the same (most changes: events that move nobody). Only
@@ -130,8 +134,7 @@ def _same_stage(part: Figures, before: CustomerState, after: CustomerState, stal
     they are counted again (the two contributions' difference, without
     building them). ``stall=False``: the stall is counted elsewhere."""
     stage = after.stage
-    old_stall = before.stall.stage if before.stall is not None else None
-    new_stall = after.stall.stage if after.stall is not None else None
+    old_stall, new_stall = _stall_stage(before), _stall_stage(after)
     if stall and old_stall != new_stall:
         if old_stall is not None:
             part.stalled[old_stall] -= 1
@@ -410,9 +413,7 @@ class StageCounts(Collector, PartitionListener):
             if self._odds_by is not None:
                 i = self._dim_index[self._odds_by]
                 _apply(self._slice(partition, self._dims[i], values[i]), waiting, 1)
-        elif (before.stall is None) != (after.stall is None) or (
-            before.stall is not None and after.stall is not None and before.stall.stage != after.stall.stage
-        ):
+        elif _stall_stage(before) != _stall_stage(after):
             sliced += _delta(self._base(before), self._base(after))
         if before.flows != after.flows:
             sliced += _delta(self._flows(before), self._flows(after))

@@ -92,11 +92,6 @@ async def gather_funnel(w: Worker) -> tuple[list[dict[str, Any]], list[str]]:
     return parts, missing
 
 
-def median(buckets: dict[str, float]) -> float | None:
-    """The median from cumulative histogram buckets (:func:`quantile_le`)."""
-    return quantile_le(buckets, 0.5)
-
-
 def _top(counter: Counter[str], stage: str, n: int = 3) -> list[dict[str, Any]]:
     mine = [(k.split("|", 1)[1], v) for k, v in counter.items() if k.startswith(f"{stage}|") and v > 0]
     return [{"name": k, "count": int(v)} for k, v in sorted(mine, key=lambda kv: (-kv[1], kv[0]))[:n]]
@@ -118,26 +113,16 @@ def quantile_le(buckets: dict[str, float], q: float) -> float | None:
     return None
 
 
-def sliced(total: Figures, slice_: str) -> Figures:
-    """The figures of one dimension value (``"device=mobile"``), its prefix taken off."""
-    pre = f"{slice_}/"
+def sliced(total: Figures, slice_: str | None) -> Figures:
+    """The figures of one dimension value (``"device=mobile"``), its prefix
+    taken off; of all customers (the keys without a prefix) for None."""
+    pre = f"{slice_}/" if slice_ else ""
     out = Figures()
     for name in FIGURES:
         mine: Counter[str] = getattr(out, name)
         for k, v in getattr(total, name).items():
-            if k.startswith(pre):
+            if k.startswith(pre) if pre else "/" not in k:
                 mine[k[len(pre) :]] += v
-    return out
-
-
-def unsliced(total: Figures) -> Figures:
-    """The figures of all customers (the keys without a dimension prefix)."""
-    out = Figures()
-    for name in FIGURES:
-        mine: Counter[str] = getattr(out, name)
-        for k, v in getattr(total, name).items():
-            if "/" not in k:
-                mine[k] = v
     return out
 
 
@@ -168,7 +153,7 @@ def funnel(
     convert, nudge lift, and per dimension its values' funnels and, for an
     experiment, each variant against the control."""
     everything, buckets = add_parts(parts)
-    total = sliced(everything, slice_) if slice_ else unsliced(everything)
+    total = sliced(everything, slice_)
     pairs = tuple(pairs)
     stages = [
         {

@@ -9,7 +9,7 @@ from models import Touchpoint, fold, load_map
 from stream.engine.lifecycle import PartitionLifecycle
 from stream.engine.metrics import TrackerMetrics
 from stream.engine.stage_counts import StageCounts
-from stream.http.funnel import funnel, local_funnel, median
+from stream.http.funnel import funnel, local_funnel, quantile_le
 
 MAP = load_map()
 T0 = 1_790_000_000_000
@@ -75,11 +75,13 @@ def test_two_workers_figures_add_up_with_conversions_and_the_lowest_one_named() 
 
 
 def test_the_median_interpolates_within_its_bucket_as_prometheus_does() -> None:
-    assert median({}) is None
-    assert median({"10.0": 0, "+Inf": 0}) is None
-    assert median({"10.0": 2, "20.0": 4, "+Inf": 4}) == pytest.approx(10.0)
-    assert median({"10.0": 0, "20.0": 4, "+Inf": 4}) == pytest.approx(15.0)
-    assert median({"10.0": 1, "+Inf": 4}) == 10.0  # the middle is past the last bound: its lower edge
+    assert quantile_le({}, 0.5) is None
+    assert quantile_le({"10.0": 0, "+Inf": 0}, 0.5) is None
+    assert quantile_le({"10.0": 2, "20.0": 4, "+Inf": 4}, 0.5) == pytest.approx(10.0)
+    assert quantile_le({"10.0": 0, "20.0": 4, "+Inf": 4}, 0.5) == pytest.approx(15.0)
+    assert (
+        quantile_le({"10.0": 1, "+Inf": 4}, 0.5) == 10.0
+    )  # the middle is past the last bound: its lower edge
 
 
 def test_a_dimension_values_funnel_and_an_experiments_comparison() -> None:
