@@ -185,3 +185,38 @@ def test_a_low_odds_policy_needs_its_bar_and_checkpoint() -> None:
     )
     with pytest.raises(Exception, match="needs 'stages', 'below'"):
         parse_map(bad, "bad.yaml")
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"not json", "not_json"),
+        (b"[1, 2]", "not_object"),
+        (b'{"odds": 0.1, "stage": "cart", "visit": 1, "at": 2}', "bad_field"),  # no customer
+        (b'{"odds": 2, "stage": "cart", "visit": 1, "at": 2, "customer_id": "c"}', "bad_field"),
+        (b'{"odds": true, "stage": "cart", "visit": 1, "at": 2, "customer_id": "c"}', "bad_field"),
+        (b'{"odds": "low", "stage": "cart", "visit": 1, "at": 2, "customer_id": "c"}', "bad_field"),
+        (b'{"odds": 0.1, "stage": {"a": 1}, "visit": 1, "at": 2, "customer_id": "c"}', "bad_field"),
+        (
+            b'{"odds": 0.1, "stage": "cart", "visit": 99999999999999999, "at": 2, "customer_id": "c"}',
+            "bad_field",
+        ),
+        (b'{"odds": 0.1, "stage": "cart", "visit": 1, "at": -5, "customer_id": "c"}', "bad_field"),
+        (b'{"odds": 0.1, "stage": "cart", "visit": 1, "at": 2, "customer_id": "other"}', "key_mismatch"),
+    ],
+)
+def test_an_odds_reading_that_is_not_one_is_refused_with_its_reason(raw: bytes, reason: str) -> None:
+    from models.events import Rejection, parse_odds
+
+    got = parse_odds(raw, b"c")
+    assert isinstance(got, Rejection) and got.reason == reason
+
+
+def test_an_odds_reading_parses_and_a_null_means_no_estimate() -> None:
+    from models.events import OddsReading, parse_odds
+
+    r = OddsReading("c", "cart", T0, None, T0 + 5)
+    assert parse_odds(r.to_json(), b"c") == r
+    assert parse_odds(OddsReading("c", "cart", T0, 0.25, T0).to_json(), b"c") == OddsReading(
+        "c", "cart", T0, 0.25, T0
+    )
